@@ -1,0 +1,1 @@
+"""The evaluation machinery: prompt sets, generation runner, scorers, tables, CLI."""

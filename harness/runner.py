@@ -1,0 +1,229 @@
+"""The generation runner: prompts x samples -> PNGs + a manifest, resumable and shardable.
+
+Layout under ``<results_dir>/<benchmark>/<system>/``::
+
+    images/<prompt_id>_<sample>.png      lossless PNG, written atomically
+    .state/shard-<i>-of-<n>.jsonl        working manifest, rewritten atomically after every batch
+    manifest.shard-<i>-of-<n>.jsonl      the shard's finished manifest (the Snakemake output)
+    manifest.jsonl                       all shards merged
+    system.json                          the system fingerprint the images were made with
+
+The working manifest is not a Snakemake output on purpose: Snakemake deletes a job's outputs before
+running it, and resumption needs the rows of the run that was killed. A crash can lose at most the
+batch in flight; images already listed are kept and checked against their sha256.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from harness.errors import HarnessError
+from harness.io import atomic_write_json, atomic_write_jsonl, read_jsonl, save_png, sha256_file
+from harness.prompts import Prompt, load_prompts
+from harness.seeds import sample_seed
+from models.base import System, digest
+
+log = logging.getLogger(__name__)
+
+
+def system_dir(results_dir: str | Path, benchmark: str, system: str) -> Path:
+    return Path(results_dir) / benchmark / system
+
+
+def shard_manifest_path(results_dir, benchmark, system, shard: int, shards: int) -> Path:
+    return system_dir(results_dir, benchmark, system) / f"manifest.shard-{shard}-of-{shards}.jsonl"
+
+
+def manifest_path(results_dir, benchmark, system) -> Path:
+    return system_dir(results_dir, benchmark, system) / "manifest.jsonl"
+
+
+def image_name(prompt_id: str, sample: int) -> str:
+    return f"{prompt_id}_{sample}.png"
+
+
+@dataclass
+class WorkItem:
+    index: int  # position of the prompt in its set (manifest order)
+    prompt: Prompt
+    sample: int
+    seed: int
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.prompt.id, self.sample)
+
+
+@dataclass
+class GenerationSummary:
+    total: int
+    generated: int
+    kept: int
+    manifest: Path
+
+
+def shard_items(prompts: list[Prompt], benchmark: str, run_seed: int, samples: int, shard: int, shards: int) -> list[WorkItem]:
+    """The items of one shard: prompts ``shard::shards`` (all samples of a prompt stay together)."""
+    if not 0 <= shard < shards:
+        raise HarnessError(f"shard {shard} is out of range for {shards} shards")
+    return [
+        WorkItem(i, p, s, sample_seed(run_seed, benchmark, p.id, s))
+        for i, p in enumerate(prompts)
+        if i % shards == shard
+        for s in range(samples)
+    ]
+
+
+def load_input_images(results_dir, benchmark: str, upstream: str) -> tuple[dict[tuple[str, int], dict], str]:
+    """Rows of an upstream system's manifest by (prompt id, sample), and its fingerprint digest."""
+    path = manifest_path(results_dir, benchmark, upstream)
+    if not path.is_file():
+        raise HarnessError(f"input system {upstream!r} has no manifest at {path}; generate it first")
+    rows = read_jsonl(path)
+    fps = {r["system_fingerprint"] for r in rows}
+    if len(fps) != 1:
+        raise HarnessError(f"{path} mixes images from {len(fps)} system fingerprints; regenerate {upstream!r}")
+    return {(r["prompt_id"], r["sample"]): r for r in rows}, fps.pop()
+
+
+def _open_checked(path: Path, sha256: str) -> Image.Image:
+    if not path.is_file():
+        raise HarnessError(f"image {path} listed in its manifest is missing; rerun its generation job")
+    if sha256_file(path) != sha256:
+        raise HarnessError(f"image {path} does not match the sha256 in its manifest; delete it and rerun to regenerate")
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def run_generation(
+    config: dict[str, Any],
+    benchmark: str,
+    system_name: str,
+    shard: int = 0,
+    shards: int = 1,
+    system: System | None = None,
+    progress: bool = True,
+) -> GenerationSummary:
+    """Generate (or resume) one shard of one (benchmark, system) and write its manifest."""
+    from models.registry import build_system
+
+    results_dir = Path(config["results_dir"])
+    spec = config["systems"][system_name]
+    if system is None:
+        system = build_system(
+            system_name, spec, config["weights"], config["device"], config["dtype"], config["batch_invariant"]
+        )
+    out_dir = system_dir(results_dir, benchmark, system_name)
+    state_path = out_dir / ".state" / f"shard-{shard}-of-{shards}.jsonl"
+
+    upstream_rows: dict[tuple[str, int], dict] = {}
+    fingerprint = system.fingerprint()
+    if spec.get("input"):
+        upstream_rows, fingerprint["input_fingerprint"] = load_input_images(results_dir, benchmark, spec["input"])
+    fp_digest = digest(fingerprint)
+    atomic_write_json(out_dir / "system.json", {"system": system_name, "digest": fp_digest, "fingerprint": fingerprint})
+
+    prompts = load_prompts(benchmark, config["data_dir"], config["num_prompts"])
+    items = shard_items(prompts, benchmark, config["seed"], config["samples_per_prompt"], shard, shards)
+
+    done: dict[tuple[str, int], dict] = {}
+    if state_path.is_file():
+        wanted = {it.key for it in items}
+        for row in read_jsonl(state_path):
+            key = (row["prompt_id"], row["sample"])
+            if key not in wanted:
+                continue  # prompt set was limited differently last time
+            if row["system_fingerprint"] != fp_digest:
+                continue  # made by another version of the system: regenerate
+            path = out_dir / row["image"]
+            if not path.is_file():
+                log.warning("image %s listed in %s is missing; regenerating it", path, state_path)
+                continue
+            if sha256_file(path) != row["sha256"]:
+                raise HarnessError(
+                    f"image {path} does not match the sha256 in {state_path}; it was changed after generation: "
+                    "delete it to regenerate it"
+                )
+            done[key] = row
+    todo = [it for it in items if it.key not in done]
+
+    batch_size = config["batch_size"]
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"{benchmark}/{system_name} shard {shard + 1}/{shards}", unit="img")
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        inputs = None
+        if spec.get("input"):
+            missing = [it.key for it in batch if it.key not in upstream_rows]
+            if missing:
+                raise HarnessError(f"input system {spec['input']!r} has no image for prompt {missing[0][0]} sample {missing[0][1]}")
+            up = system_dir(results_dir, benchmark, spec["input"])
+            inputs = [_open_checked(up / upstream_rows[it.key]["image"], upstream_rows[it.key]["sha256"]) for it in batch]
+        texts = [it.prompt.text for it in batch]
+        t0 = time.perf_counter()
+        images = system.generate(texts, [it.seed for it in batch], inputs)
+        wall = time.perf_counter() - t0
+        if len(images) != len(batch):
+            raise RuntimeError(f"system {system_name} returned {len(images)} images for a batch of {len(batch)}")
+        for it, image in zip(batch, images):
+            rel = f"images/{image_name(it.prompt.id, it.sample)}"
+            sha = save_png(image, out_dir / rel)
+            done[it.key] = {
+                "prompt_index": it.index,
+                "prompt_id": it.prompt.id,
+                "sample": it.sample,
+                "prompt": it.prompt.text,
+                "category": it.prompt.category,
+                "seed": it.seed,
+                "system": system_name,
+                "system_fingerprint": fp_digest,
+                "image": rel,
+                "sha256": sha,
+                "width": image.width,
+                "height": image.height,
+                "wall_time_s": wall / len(batch),
+                "batch_size": len(batch),
+            }
+        # The state file is rewritten after every batch: a kill loses at most this batch.
+        atomic_write_jsonl(state_path, _ordered(done.values()))
+        if bar:
+            bar.update(len(batch))
+    if bar:
+        bar.close()
+
+    rows = _ordered(done.values())
+    if len(rows) != len(items):
+        raise RuntimeError(f"{len(items)} items expected, {len(rows)} present")
+    atomic_write_jsonl(state_path, rows)
+    out = shard_manifest_path(results_dir, benchmark, system_name, shard, shards)
+    atomic_write_jsonl(out, rows)
+    return GenerationSummary(total=len(items), generated=len(todo), kept=len(items) - len(todo), manifest=out)
+
+
+def _ordered(rows) -> list[dict]:
+    return sorted(rows, key=lambda r: (r["prompt_index"], r["sample"]))
+
+
+def merge_manifests(shard_paths: list[str | Path], out: str | Path) -> list[dict]:
+    """Concatenate shard manifests; refuses duplicates and mixed system fingerprints."""
+    rows: list[dict] = []
+    for p in shard_paths:
+        rows += read_jsonl(p)
+    keys = [(r["prompt_id"], r["sample"]) for r in rows]
+    if len(set(keys)) != len(keys):
+        raise HarnessError(f"shard manifests {', '.join(map(str, shard_paths))} overlap; rerun with one shard count")
+    fps = {r["system_fingerprint"] for r in rows}
+    if len(fps) > 1:
+        raise HarnessError(f"shard manifests for {out} were made by {len(fps)} different system versions; rerun them")
+    rows = _ordered(rows)
+    atomic_write_jsonl(out, rows)
+    return rows

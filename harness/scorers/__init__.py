@@ -1,0 +1,1 @@
+"""Scorers: one module per metric, listed in :mod:`harness.scorers.registry`."""

@@ -1,0 +1,69 @@
+"""What every scorer shares: one model load, batched scoring, and a fingerprint of what produced a number."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Sequence
+
+import torch
+from PIL import Image
+
+from models.base import WeightsSpec, library_versions, resolve_device, resolve_dtype
+
+
+class Scorer(ABC):
+    """A per-image metric: ``score(images, prompts) -> one float per image``.
+
+    The model is loaded once (:meth:`build`) and images go through it ``batch_size`` at a time.
+    """
+
+    name: ClassVar[str]
+    #: does the score depend on the prompt (alignment/preference) or on the image alone
+    uses_prompt: ClassVar[bool] = True
+    LIBRARIES: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, weights: WeightsSpec, device: str = "auto", dtype: str = "auto", batch_size: int = 16):
+        self.weights = weights
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device, torch.float16)
+        self.batch_size = batch_size
+        self._built = False
+
+    def build(self) -> "Scorer":
+        if not self._built:
+            self._build()
+            self._built = True
+        return self
+
+    @abstractmethod
+    def _build(self) -> None: ...
+
+    @abstractmethod
+    def _score_batch(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]: ...
+
+    @torch.inference_mode()
+    def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
+        if len(images) != len(prompts):
+            raise ValueError("score() needs one prompt per image")
+        self.build()
+        out: list[float] = []
+        for i in range(0, len(images), self.batch_size):
+            out += self._score_batch(images[i : i + self.batch_size], prompts[i : i + self.batch_size])
+        return out
+
+    @abstractmethod
+    def checkpoint_fingerprint(self) -> dict[str, str]:
+        """sha256 of each checkpoint file used (or ``tiny``)."""
+
+    @abstractmethod
+    def preprocessing(self) -> str:
+        """How images are turned into model input (resize filter, size, crop, normalisation)."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "metric": self.name,
+            "checkpoints": self.checkpoint_fingerprint(),
+            "preprocessing": self.preprocessing(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "libraries": library_versions(*self.LIBRARIES),
+        }

@@ -1,0 +1,32 @@
+"""The scorer registry: metric name (as in the config's ``metrics:`` list) -> class.
+
+Adding a metric touches this table and its own module. Entries are import strings so that
+validating a config does not import open_clip or torchmetrics.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from harness.errors import ConfigError
+
+SCORERS: dict[str, str] = {
+    "aesthetic": "harness.scorers.aesthetic:AestheticScorer",
+}
+
+
+def scorer_class(metric: str):
+    try:
+        target = SCORERS[metric]
+    except KeyError:
+        raise ConfigError(f"unknown metric {metric!r}; known: {', '.join(sorted(SCORERS))}") from None
+    module_name, cls_name = target.split(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def build_scorer(metric: str, weights: dict[str, str], device: str = "auto", dtype: str = "auto", batch_size: int = 16):
+    from models.base import WeightsSpec
+
+    if metric not in weights:
+        raise ConfigError(f"config key 'weights.{metric}': missing; give the checkpoint path or `tiny`")
+    return scorer_class(metric)(WeightsSpec(metric, str(weights[metric])), device=device, dtype=dtype, batch_size=batch_size)

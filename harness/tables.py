@@ -1,0 +1,139 @@
+"""The paper's tables, rebuilt from per-image scores and manifests."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.io import atomic_write_text, read_jsonl
+from harness.runner import manifest_path, system_dir
+from harness.scoring import scores_path
+from harness.stats import Estimate, bootstrap_mean, per_prompt_means
+
+SMOKE_BANNER = (
+    "> **Smoke profile: these numbers say nothing about image quality.** Every model and scorer here "
+    "is a tiny random-weight build; the table only shows that the pipeline runs end to end."
+)
+
+BENCHMARK_TITLES = {"drawbench": "DrawBench", "parti": "PartiPrompts", "coco5k": "COCO-5k", "smoke": "smoke set"}
+TABLE1_METRICS = (("aesthetic", "Aes"), ("hpsv2", "HPS v2"), ("imagereward", "ImageReward"))
+TABLE1_BENCHMARKS = ("drawbench", "parti")
+
+#: Table 1 time cost of the paper (seconds per batch of 4 on one A100), by the system names of
+#: config/paper.yaml. Source: arXiv 2403.05121 Table 1, as quoted in the project's baseline issue.
+PAPER_TIME_COST_S = {
+    "sdxl": 19.67,
+    "stable-cascade": 10.83,
+    "cogview3": 10.33,
+    "lcm-sdxl": 2.06,
+    "cogview3-distill-4+1": 1.47,
+    "cogview3-distill-8+2": 1.96,
+}
+
+
+def header_line(config: dict[str, Any]) -> str:
+    if config["profile"] == "smoke":
+        return SMOKE_BANNER
+    return f"> Profile `{config['profile']}`: real weights as listed in the config; see the fingerprints below."
+
+
+@dataclass
+class Cell:
+    estimate: Estimate | None
+    note: str = ""  # why the cell is empty
+
+    def fmt(self) -> str:
+        return self.estimate.fmt() if self.estimate else "–"
+
+
+def metric_cell(config: dict[str, Any], benchmark: str, system: str, metric: str, digests: dict) -> Cell:
+    if benchmark not in config["benchmarks"]:
+        return Cell(None, f"benchmark `{benchmark}` not in this config's benchmarks")
+    if metric not in config["metrics"]:
+        return Cell(None, f"metric `{metric}` not in this config's metrics")
+    path = scores_path(config["results_dir"], benchmark, system, metric)
+    if not path.is_file():
+        raise HarnessError(f"scores file {path} is missing; run `snakemake {path}` first")
+    data = json.loads(path.read_text())
+    prev = digests.setdefault((benchmark, metric), (data["scorer_digest"], system))
+    if prev[0] != data["scorer_digest"]:
+        raise HarnessError(
+            f"{benchmark}/{metric}: systems {prev[1]!r} and {system!r} were scored by different scorer versions "
+            f"({prev[0]} vs {data['scorer_digest']}); rescore both before putting them in one column"
+        )
+    rows = data["rows"]
+    values = per_prompt_means([r["prompt_id"] for r in rows], [r["score"] for r in rows])
+    return Cell(bootstrap_mean(values, seed=config["seed"]))
+
+
+def time_cost(config: dict[str, Any], benchmarks: list[str], system: str) -> tuple[str, str]:
+    """Mean generation wall time per image x 4 from the manifests, and the device it ran on."""
+    times, device = [], "?"
+    for b in benchmarks:
+        path = manifest_path(config["results_dir"], b, system)
+        if path.is_file():
+            times += [r["wall_time_s"] for r in read_jsonl(path)]
+            fp = system_dir(config["results_dir"], b, system) / "system.json"
+            if fp.is_file():
+                device = json.loads(fp.read_text())["fingerprint"].get("device_type", "?")
+    if not times:
+        return "–", device
+    return f"{4 * sum(times) / len(times):.2f} s", device
+
+
+def table1(config: dict[str, Any], steps_labels: dict[str, str]) -> str:
+    """Table 1: Model, Steps, Time cost, then Aes / HPS v2 / ImageReward per benchmark."""
+    groups = list(TABLE1_BENCHMARKS) + [b for b in config["benchmarks"] if b not in TABLE1_BENCHMARKS and b != "coco5k"]
+    head = ["Model", "Steps", "Time cost (paper)"]
+    for b in groups:
+        head += [f"{BENCHMARK_TITLES[b]} {label}" for _, label in TABLE1_METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes: dict[str, set[str]] = {}
+    digests: dict = {}
+    devices = set()
+    for system in config["systems"]:
+        ran = [b for b in groups if b in config["benchmarks"]]
+        cost, device = time_cost(config, ran, system)
+        devices.add(device)
+        paper = PAPER_TIME_COST_S.get(system)
+        cost_cell = f"{cost} ({paper:.2f} s)" if paper is not None else f"{cost} (–)"
+        row = [system, steps_labels.get(system, "?"), cost_cell]
+        for b in groups:
+            for metric, _ in TABLE1_METRICS:
+                cell = metric_cell(config, b, system, metric, digests)
+                if cell.note:
+                    notes.setdefault(cell.note, set()).add(b)
+                row.append(cell.fmt())
+        lines.append("| " + " | ".join(row) + " |")
+
+    out = [header_line(config), "", "# Table 1: DrawBench and PartiPrompts", ""]
+    out += lines
+    out += [
+        "",
+        "Cells: mean [95% percentile-bootstrap CI over prompts] (N = prompts); samples of a prompt are averaged first.",
+        f"Time cost: mean generation wall time per image x 4 from the manifests, on {', '.join(sorted(devices))}; "
+        "the paper's figure (one A100, batch 4) in brackets. This is not the paper's timing protocol: "
+        "`reports/timecost.md` is.",
+    ]
+    if notes:
+        out.append("")
+        out.append("Not computed (–):")
+        out += [f"- {note}" for note in sorted(notes)]
+    if digests:
+        out.append("")
+        out.append("Scorer fingerprints: " + ", ".join(f"{b}/{m} `{d}`" for (b, m), (d, _) in sorted(digests.items())))
+    return "\n".join(out) + "\n"
+
+
+def write_table1(config: dict[str, Any], out: str | Path) -> Path:
+    from models.registry import build_system
+
+    labels = {
+        name: build_system(name, spec, config["weights"], "cpu", "float32").steps_label()
+        for name, spec in config["systems"].items()
+    }
+    atomic_write_text(out, table1(config, labels))
+    return Path(out)

@@ -1,0 +1,1 @@
+"""Image generators: CogView3 and its baselines behind one interface (see models.base.System)."""

@@ -1,0 +1,227 @@
+"""The interface every image generator ("system") shares, and the weights spec it is built from.
+
+A *system* is a named, fully parameterised generator from the config, e.g.::
+
+    systems:
+      sdxl: {model: sdxl, weights: sdxl, steps: 50, guidance: 5.0, resolution: 1024}
+
+``model`` picks the class from :mod:`models.registry`; the other keys are that class's parameters,
+declared once in its ``PARAMS`` (defaults and JSON-schema types) so config validation, fingerprints
+and the class itself read the same list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+from PIL import Image
+
+from harness.errors import ConfigError, HarnessError
+
+TINY = "tiny"
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where a model's weights come from: ``tiny`` (random, built in code) or a local path."""
+
+    key: str  # the config key under ``weights:``, for error messages
+    value: str
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.value == TINY
+
+    @property
+    def path(self) -> Path:
+        if self.is_tiny:
+            raise ValueError("a tiny weights spec has no path")
+        expanded = os.path.expanduser(os.path.expandvars(self.value))
+        if "$" in expanded:
+            raise HarnessError(
+                f"weights.{self.key}: {self.value!r} uses an environment variable that is not set; "
+                "export it or write the path out"
+            )
+        return Path(expanded)
+
+    def require_dir(self) -> Path:
+        path = self.path
+        if not path.is_dir():
+            raise HarnessError(
+                f"weights.{self.key}: folder {path} does not exist; download the weights there "
+                "(see README 'Reproducing the paper') or set weights.{self.key}: tiny for random weights"
+            )
+        return path
+
+    def require_file(self, relative: str) -> Path:
+        path = self.require_dir() / relative
+        if not path.is_file():
+            raise HarnessError(
+                f"weights.{self.key}: expected file {path} is missing; put the checkpoint there "
+                "(see README 'Reproducing the paper')"
+            )
+        return path
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HarnessError(f"config device: {device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device, gpu_default: torch.dtype = torch.float16) -> torch.dtype:
+    """``auto`` means fp32 on the CPU (half precision is slow and inexact there) and the model's GPU default."""
+    if dtype == "auto":
+        return gpu_default if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def digest(obj: Any) -> str:
+    """Stable short digest of a JSON-able object (fingerprints, cache keys)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def library_versions(*names: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", *names):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+class System(ABC):
+    """A text-to-image generator as the harness sees it.
+
+    Subclasses set ``PARAMS`` (name -> {"default": ..., "schema": {...}, "doc": ...}) and implement
+    :meth:`_build` and :meth:`generate`. ``generate`` must derive all randomness from ``seeds`` with one
+    ``torch.Generator`` per sample, so an image never depends on the batch it was made in.
+    """
+
+    PARAMS: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: libraries whose version is part of the fingerprint (numbers can move between releases)
+    LIBRARIES: ClassVar[tuple[str, ...]] = ("diffusers", "transformers")
+    #: a system with an ``input`` parameter consumes another system's images (e.g. relay SR)
+    TAKES_INPUT_IMAGES: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        name: str,
+        params: dict[str, Any],
+        weights: WeightsSpec,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_invariant: bool = False,
+    ):
+        self.name = name
+        self.batch_invariant = batch_invariant
+        self.params = self.resolve_params(params, name)
+        self.weights = weights
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device, self.gpu_dtype())
+        self._built = False
+
+    # ---- parameters -------------------------------------------------------------------------
+    @classmethod
+    def resolve_params(cls, params: dict[str, Any], system_name: str) -> dict[str, Any]:
+        unknown = sorted(set(params) - set(cls.PARAMS) - {"model", "weights"})
+        if unknown:
+            raise ConfigError(
+                f"config key systems.{system_name}.{unknown[0]}: unknown parameter for model "
+                f"{params.get('model')!r}; known: {', '.join(sorted(cls.PARAMS))}"
+            )
+        out = {k: spec["default"] for k, spec in cls.PARAMS.items()}
+        out.update({k: v for k, v in params.items() if k in cls.PARAMS})
+        return out
+
+    @classmethod
+    def params_schema(cls) -> dict[str, Any]:
+        props = {k: spec["schema"] for k, spec in cls.PARAMS.items()}
+        props["model"] = {"type": "string"}
+        props["weights"] = {"type": "string"}
+        return {"type": "object", "properties": props, "additionalProperties": False, "required": ["model"]}
+
+    def gpu_dtype(self) -> torch.dtype:
+        return torch.float16
+
+    # ---- build / generate -------------------------------------------------------------------
+    def build(self) -> "System":
+        if not self._built:
+            self._build()
+            self._built = True
+        return self
+
+    @abstractmethod
+    def _build(self) -> None:
+        """Load real weights from ``self.weights.path`` or build the tiny random model."""
+
+    def generate(
+        self, prompts: Sequence[str], seeds: Sequence[int], inputs: Sequence[Image.Image] | None = None
+    ) -> list[Image.Image]:
+        """One RGB image per (prompt, seed); ``inputs`` are upstream images for image-to-image stages.
+
+        The noise of every sample comes from its own seed, so batching never changes *which* image is
+        drawn. Float kernels still pick different reduction orders for different batch shapes (a
+        1-LSB pixel difference is typical), so with ``batch_invariant`` the model runs one sample per
+        forward pass and the PNG bytes do not depend on batch size, sharding or resumption at all.
+        """
+        if len(prompts) != len(seeds) or (inputs is not None and len(inputs) != len(prompts)):
+            raise ValueError("generate() needs one seed (and one input image, if any) per prompt")
+        self.build()
+        if not self.batch_invariant:
+            return self._generate(prompts, seeds, inputs)
+        out: list[Image.Image] = []
+        for i in range(len(prompts)):
+            out += self._generate(prompts[i : i + 1], seeds[i : i + 1], None if inputs is None else inputs[i : i + 1])
+        return out
+
+    @abstractmethod
+    def _generate(
+        self, prompts: Sequence[str], seeds: Sequence[int], inputs: Sequence[Image.Image] | None
+    ) -> list[Image.Image]:
+        """Generate one batch; all randomness from ``generators(seeds)``."""
+
+    @abstractmethod
+    def steps_label(self) -> str:
+        """What the paper's "Steps" column shows for this system, e.g. ``50`` or ``20+10``."""
+
+    # ---- provenance -------------------------------------------------------------------------
+    def weights_fingerprint(self) -> str:
+        if self.weights.is_tiny:
+            return "tiny"
+        from models.weights import folder_digest
+
+        return folder_digest(self.weights.path)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that can change the pixels: code-relevant parameters, weights, dtype, libraries."""
+        return {
+            "model": type(self).__name__,
+            "params": self.params,
+            "weights": self.weights_fingerprint(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device_type": self.device.type,
+            "libraries": library_versions(*self.LIBRARIES),
+        }
+
+
+def generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per sample: the noise of image i depends on seeds[i] alone.
+
+    Generators live on the CPU so the same seed gives the same noise on every device.
+    """
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]

@@ -1,0 +1,45 @@
+"""The system registry: model name (the ``model:`` key of a system in the config) -> class.
+
+Adding a generator touches this table and its own module. Entries are import strings so that
+reading the config (and validating it) does not import diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from harness.errors import ConfigError
+from models.base import System, WeightsSpec
+
+MODELS: dict[str, str] = {
+    "sdxl": "models.sdxl:SDXLSystem",
+}
+
+
+def model_class(model: str, where: str = "model") -> type[System]:
+    try:
+        target = MODELS[model]
+    except KeyError:
+        raise ConfigError(f"config key {where}: unknown model {model!r}; known models: {', '.join(sorted(MODELS))}") from None
+    module_name, cls_name = target.split(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def build_system(
+    name: str,
+    spec: dict[str, Any],
+    weights: dict[str, str],
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_invariant: bool = False,
+) -> System:
+    """Instantiate (not yet load) the system called ``name`` from its config ``spec``."""
+    cls = model_class(spec.get("model", ""), f"systems.{name}.model")
+    weights_key = spec.get("weights", spec["model"])
+    if weights_key not in weights:
+        raise ConfigError(
+            f"config key systems.{name}.weights: no entry {weights_key!r} under weights:; "
+            f"add `weights: {{{weights_key}: tiny}}` or a local path"
+        )
+    return cls(name, spec, WeightsSpec(weights_key, str(weights[weights_key])), device=device, dtype=dtype, batch_invariant=batch_invariant)

@@ -1,0 +1,120 @@
+"""Tokenizers built offline, in code.
+
+Offline, several ``from_pretrained`` calls return *empty* tokenizers instead of failing
+(``../shared/reference/deps.md`` §3), so every builder here checks the vocabulary size it
+produced, and :func:`check_tokenizer_size` is used on tokenizers loaded from folders too.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+CLIP_VOCAB_SIZE = 49408
+CLIP_MAX_LENGTH = 77
+
+
+def check_tokenizer_size(tokenizer, minimum: int, source: str) -> None:
+    """Fail loudly on the silently-empty tokenizers that offline hub calls return."""
+    size = len(tokenizer)
+    if size < minimum:
+        raise RuntimeError(
+            f"tokenizer from {source} has only {size} tokens (expected at least {minimum}); "
+            "it was probably loaded offline from an incomplete folder: check that the folder holds "
+            "the tokenizer files (vocab/merges or tokenizer.json / spiece.model)"
+        )
+
+
+def _open_clip_bpe_path() -> Path:
+    # The BPE merges ship inside the open-clip-torch wheel; find the file without importing
+    # open_clip (its __init__ pulls in timm and torchvision).
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("open_clip_torch is not installed; it ships the CLIP BPE vocabulary")
+    path = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    if not path.is_file():
+        raise RuntimeError(f"CLIP BPE file missing from the open_clip install: {path}")
+    return path
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest to 256+n.
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in codes)))
+
+
+@functools.lru_cache(maxsize=1)
+def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    lines = gzip.open(_open_clip_bpe_path()).read().decode("utf-8").split("\n")
+    # Same slice as CLIP's SimpleTokenizer: 49152 - 256 - 2 merges after the header line.
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    chars = list(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def clip_tokenizer(pad_token: str = "<|endoftext|>"):
+    """The real 49,408-token CLIP BPE tokenizer (ids identical to openai/clip-vit-large-patch14).
+
+    ``pad_token="!"`` gives SDXL's second tokenizer (OpenCLIP bigG pads with id 0).
+    """
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _clip_vocab_and_merges()
+    tok = CLIPTokenizer(
+        vocab=dict(vocab),
+        merges=list(merges),
+        model_max_length=CLIP_MAX_LENGTH,  # built without files it would be 1e30 and pipelines overflow
+        pad_token=pad_token,
+    )
+    check_tokenizer_size(tok, CLIP_VOCAB_SIZE, "open_clip's bundled BPE")
+    return tok
+
+
+TINY_T5_CORPUS = (
+    "a photo of a red car parked next to a blue house",
+    "three cats sitting on a wooden table in the morning light",
+    "a sign that says hello world written in bold letters",
+    "an astronaut riding a horse on the surface of the moon",
+    "a bowl of fruit with apples oranges and bananas, oil painting",
+    "the view of a city skyline at night with many bright lights",
+    "a small green frog on top of a large brown mushroom",
+    "two dogs playing in the snow under a grey sky, photograph",
+)
+
+
+def t5_tokenizer_tiny(model_max_length: int):
+    """A small T5 (Unigram) tokenizer trained in memory; same class and special ids as T5 v1.1.
+
+    pad=0, eos=1, unk=2 as in the real vocabulary, plus the 100 ``<extra_id_*>`` sentinels.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import T5TokenizerFast
+
+    tk = Tokenizer(models.Unigram())
+    tk.pre_tokenizer = pre_tokenizers.Metaspace()
+    tk.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=160, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
+    )
+    tk.train_from_iterator(TINY_T5_CORPUS, trainer=trainer)
+    # The trained Unigram pieces and scores are exposed through the tokenizer's JSON form.
+    pieces = [(p, float(s)) for p, s in json.loads(tk.to_str())["model"]["vocab"]]
+    tok = T5TokenizerFast(vocab=pieces, extra_ids=100, model_max_length=model_max_length)
+    check_tokenizer_size(tok, 100 + 3 + 20, "the in-memory tiny T5 tokenizer")
+    return tok
