@@ -56,8 +56,8 @@ def test_snakemake_stops_on_bad_config_with_one_message(tmp_path):
 
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**base(), "batch_size": -3}))
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile",
-         str(tmp_path / "bad.yaml"), "-n", "reports/table1.md"],
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "reports/table1.md",
+         "--configfile", str(tmp_path / "bad.yaml")],
         capture_output=True, text=True,
     )
     assert proc.returncode != 0

@@ -1,0 +1,80 @@
+"""End to end: the Snakemake DAG on the smoke profile, in a temporary directory."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from harness.errors import HarnessError
+from harness.runner import manifest_path, merge_manifests, run_generation, system_dir
+from harness.scoring import run_scoring, scores_path
+from harness.tables import SMOKE_BANNER, table1
+from tests.conftest import ROOT, smoke_config
+
+
+def snakemake(workdir, *args):
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
+        capture_output=True, text=True, timeout=900,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_smoke_dag_writes_table1_and_a_rerun_does_nothing(tmp_path, data_dir):
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg.update(data_dir=str(data_dir), benchmarks=["smoke", "drawbench"], num_prompts=3)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+
+    rc, log = snakemake(tmp_path, "reports/table1.md", "--configfile", str(tmp_path / "c.yaml"))
+    assert rc == 0, log
+    table = (tmp_path / "reports" / "table1.md").read_text().splitlines()
+    assert table[0] == SMOKE_BANNER
+    header = next(line for line in table if line.startswith("| Model"))
+    assert "| Model | Steps | Time cost (paper) | DrawBench Aes | DrawBench HPS v2 | DrawBench ImageReward | PartiPrompts Aes" in header
+    row = next(line for line in table if line.startswith("| sdxl |")).split(" | ")
+    assert row[1] == "4" and "(19.67 s)" in row[2]
+    assert "(N=3)" in row[3]  # DrawBench Aes filled from 3 prompts
+    assert row[4] == "–" and row[6] == "–"  # PartiPrompts not configured, HPS v2 not computed yet
+    assert "- metric `hpsv2` not in this config's metrics" in table
+    assert len(list((tmp_path / "results" / "drawbench" / "sdxl" / "images").glob("*.png"))) == 3
+
+    rc, log = snakemake(tmp_path, "reports/table1.md", "--configfile", str(tmp_path / "c.yaml"))
+    assert rc == 0 and "Nothing to be done" in log, log
+
+    # Changing one system parameter reruns that system's jobs only.
+    cfg["systems"]["sdxl"]["steps"] = 3
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    rc, log = snakemake(tmp_path, "-n", "reports/table1.md", "--configfile", str(tmp_path / "c.yaml"))
+    assert rc == 0 and "generate_shard" in log, log
+
+
+def generate(cfg, system, benchmark="smoke"):
+    """Generate one unsharded (benchmark, system) and merge its manifest, as the DAG does."""
+    summary = run_generation(cfg, benchmark, system, progress=False)
+    merge_manifests([summary.manifest], manifest_path(cfg["results_dir"], benchmark, system))
+
+
+def test_table_refuses_mixed_scorer_versions(tmp_path):
+    cfg = smoke_config(tmp_path, num_prompts=2)
+    cfg["systems"]["sdxl-b"] = dict(cfg["systems"]["sdxl"])
+    for name in ("sdxl", "sdxl-b"):
+        generate(cfg, name)
+        run_scoring(cfg, "smoke", name, "aesthetic")
+    assert "(N=2)" in table1(cfg, {"sdxl": "4", "sdxl-b": "4"})
+
+    path = scores_path(cfg["results_dir"], "smoke", "sdxl-b", "aesthetic")
+    data = json.loads(path.read_text())
+    data["scorer_digest"] = "0123456789abcdef"
+    path.write_text(json.dumps(data))
+    with pytest.raises(HarnessError, match="scored by different scorer versions"):
+        table1(cfg, {"sdxl": "4", "sdxl-b": "4"})
+
+
+def test_scoring_stops_on_a_missing_image(tmp_path):
+    cfg = smoke_config(tmp_path, num_prompts=2)
+    generate(cfg, "sdxl")
+    (system_dir(cfg["results_dir"], "smoke", "sdxl") / "images" / "s01_0.png").unlink()
+    with pytest.raises(HarnessError, match=r"s01_0.png listed in .* is missing"):
+        run_scoring(cfg, "smoke", "sdxl", "aesthetic")
