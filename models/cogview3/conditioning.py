@@ -1,0 +1,88 @@
+"""CogView3 conditioning (spec §2.2, §5): T5-XXL text, the 1536-d size vector, the guidance embedding."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from harness.errors import HarnessError
+
+T5_MAX_LENGTH = 225
+SIZE_EMBED_DIM = 256  # per scalar; 6 scalars -> 1536
+
+
+def sinusoid(values: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """[cos, sin] sinusoid with frequencies exp(-ln(max_period) * i / (dim/2)), as sgm's timestep_embedding."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+    args = values.float().reshape(-1, 1) * freqs.reshape(1, -1)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def size_vector(
+    original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int], batch: int = 1
+) -> torch.Tensor:
+    """The ADM vector [B, 1536]: (orig_h, orig_w, crop_top, crop_left, tgt_h, tgt_w), each a 256-d sinusoid.
+
+    Inference uses orig = target = (S, S) and crop (0, 0), S = 512 for the base and 1024 for the relay.
+    """
+    scalars = torch.tensor([*original_size, *crop_top_left, *target_size], dtype=torch.float32)
+    vec = sinusoid(scalars, SIZE_EMBED_DIM).reshape(1, -1)
+    return vec.expand(batch, -1).clone()
+
+
+def guidance_embedding(w: float, dim: int, batch: int = 1) -> torch.Tensor:
+    """Distilled models' guidance-strength input (spec §5): w * 1000 -> [sin, cos] sinusoid of ``dim``.
+
+    Unlike the timestep sinusoid it puts sin first and uses frequencies exp(-ln(10000) * i / (dim/2 - 1)).
+    It is projected by ``w_proj`` (diffusers: ``time_embedding.cond_proj``) and added to the timestep
+    sinusoid before ``time_embed``.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / (half - 1))
+    args = torch.tensor(w * 1000.0, dtype=torch.float32) * freqs
+    emb = torch.cat([torch.sin(args), torch.cos(args)]).reshape(1, -1)
+    return emb.expand(batch, -1).clone()
+
+
+class T5TextEncoder:
+    """T5 v1.1 XXL encoder: 225 tokens padded to max length, no attention mask (pads are attended)."""
+
+    def __init__(self, tokenizer, encoder, device: torch.device, dtype: torch.dtype):
+        self.tokenizer = tokenizer
+        self.encoder = encoder.to(device=device, dtype=dtype).eval()
+        self.device, self.dtype = device, dtype
+
+    @classmethod
+    def from_folder(cls, folder, device, dtype) -> "T5TextEncoder":
+        """A folder with ``tokenizer/`` and ``text_encoder/`` (e.g. THUDM/CogVideoX-2b's)."""
+        from pathlib import Path
+
+        from transformers import T5EncoderModel, T5Tokenizer
+
+        from models.tokenizers import check_tokenizer_size
+
+        folder = Path(folder)
+        for sub in ("tokenizer", "text_encoder"):
+            if not (folder / sub).is_dir():
+                raise HarnessError(
+                    f"T5 folder {folder} has no {sub}/ subfolder; use the text_encoder/ and tokenizer/ "
+                    "folders of THUDM/CogVideoX-2b (T5 v1.1 XXL)"
+                )
+        tok = T5Tokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+        check_tokenizer_size(tok, 32000, f"{folder}/tokenizer")
+        enc = T5EncoderModel.from_pretrained(folder / "text_encoder", local_files_only=True, torch_dtype=dtype)
+        return cls(tok, enc, device, dtype)
+
+    def count_truncated(self, prompts: Sequence[str]) -> int:
+        ids = self.tokenizer(list(prompts), truncation=False)["input_ids"]
+        return sum(len(x) > T5_MAX_LENGTH for x in ids)
+
+    @torch.inference_mode()
+    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            list(prompts), padding="max_length", max_length=T5_MAX_LENGTH, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
+        return self.encoder(input_ids=ids).last_hidden_state
