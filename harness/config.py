@@ -70,12 +70,13 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         if error:
             # Re-root the key at systems.<name> so the message points into the config file.
             raise ConfigError(str(error).replace("config key '", f"config key 'systems.{name}.", 1).replace("'systems." + name + ".(top level)'", f"'systems.{name}'"))
-        weights_key = spec.get("weights", spec["model"])
-        if weights_key not in config["weights"]:
-            raise ConfigError(
-                f"config key 'systems.{name}.weights': no entry {weights_key!r} under weights:; "
-                f"add `{weights_key}: tiny` (random offline weights) or a local path there"
-            )
+        resolved = {**cls.resolve_params(spec, name), **spec}
+        for key in cls.weight_keys(resolved):
+            if key not in config["weights"]:
+                raise ConfigError(
+                    f"config key 'systems.{name}': weights entry {key!r} is missing under weights:; "
+                    f"add `{key}: tiny` (random offline weights) or a local path there"
+                )
         upstream = spec.get("input")
         if upstream is not None and upstream not in config["systems"]:
             raise ConfigError(f"config key 'systems.{name}.input': {upstream!r} is not a system in this config")

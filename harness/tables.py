@@ -69,19 +69,36 @@ def metric_cell(config: dict[str, Any], benchmark: str, system: str, metric: str
     return Cell(bootstrap_mean(values, seed=config["seed"]))
 
 
+def stage_chain(config: dict[str, Any], system: str) -> list[str]:
+    """The system and the stages it reads images from, first stage first (e.g. base, relay)."""
+    chain = [system]
+    while config["systems"][chain[0]].get("input"):
+        chain.insert(0, config["systems"][chain[0]]["input"])
+    return chain
+
+
+def final_systems(config: dict[str, Any]) -> list[str]:
+    """Systems whose images are a model's output (not a stage another system consumes)."""
+    inputs = {spec.get("input") for spec in config["systems"].values()}
+    return [s for s in config["systems"] if s not in inputs]
+
+
 def time_cost(config: dict[str, Any], benchmarks: list[str], system: str) -> tuple[str, str]:
-    """Mean generation wall time per image x 4 from the manifests, and the device it ran on."""
-    times, device = [], "?"
-    for b in benchmarks:
-        path = manifest_path(config["results_dir"], b, system)
-        if path.is_file():
-            times += [r["wall_time_s"] for r in read_jsonl(path)]
-            fp = system_dir(config["results_dir"], b, system) / "system.json"
-            if fp.is_file():
-                device = json.loads(fp.read_text())["fingerprint"].get("device_type", "?")
-    if not times:
-        return "–", device
-    return f"{4 * sum(times) / len(times):.2f} s", device
+    """Mean generation wall time per image x 4 from the manifests (all stages), and the device."""
+    total, device = 0.0, "?"
+    for stage in stage_chain(config, system):
+        times = []
+        for b in benchmarks:
+            path = manifest_path(config["results_dir"], b, stage)
+            if path.is_file():
+                times += [r["wall_time_s"] for r in read_jsonl(path)]
+                fp = system_dir(config["results_dir"], b, stage) / "system.json"
+                if fp.is_file():
+                    device = json.loads(fp.read_text())["fingerprint"].get("device_type", "?")
+        if not times:
+            return "–", device
+        total += sum(times) / len(times)
+    return f"{4 * total:.2f} s", device
 
 
 def table1(config: dict[str, Any], steps_labels: dict[str, str]) -> str:
@@ -94,13 +111,14 @@ def table1(config: dict[str, Any], steps_labels: dict[str, str]) -> str:
     notes: dict[str, set[str]] = {}
     digests: dict = {}
     devices = set()
-    for system in config["systems"]:
+    for system in final_systems(config):
         ran = [b for b in groups if b in config["benchmarks"]]
         cost, device = time_cost(config, ran, system)
         devices.add(device)
         paper = PAPER_TIME_COST_S.get(system)
         cost_cell = f"{cost} ({paper:.2f} s)" if paper is not None else f"{cost} (–)"
-        row = [system, steps_labels.get(system, "?"), cost_cell]
+        steps = "+".join(steps_labels.get(s, "?") for s in stage_chain(config, system))
+        row = [system, steps, cost_cell]
         for b in groups:
             for metric, _ in TABLE1_METRICS:
                 cell = metric_cell(config, b, system, metric, digests)
@@ -114,6 +132,8 @@ def table1(config: dict[str, Any], steps_labels: dict[str, str]) -> str:
     out += [
         "",
         "Cells: mean [95% percentile-bootstrap CI over prompts] (N = prompts); samples of a prompt are averaged first.",
+        "Steps of a multi-stage system are per stage (base+relay); stages that only feed another system "
+        "are not rows.",
         f"Time cost: mean generation wall time per image x 4 from the manifests, on {', '.join(sorted(devices))}; "
         "the paper's figure (one A100, batch 4) in brackets. This is not the paper's timing protocol: "
         "`reports/timecost.md` is.",
@@ -122,10 +142,23 @@ def table1(config: dict[str, Any], steps_labels: dict[str, str]) -> str:
         out.append("")
         out.append("Not computed (–):")
         out += [f"- {note}" for note in sorted(notes)]
+    relays = [(name, notes_for) for name in final_systems(config) if (notes_for := relay_note(config, name))]
+    if relays:
+        out.append("")
+        out.append("Relay grids:")
+        out += [f"- {name}: {note}" for name, note in relays]
     if digests:
         out.append("")
         out.append("Scorer fingerprints: " + ", ".join(f"{b}/{m} `{d}`" for (b, m), (d, _) in sorted(digests.items())))
     return "\n".join(out) + "\n"
+
+
+def relay_note(config: dict[str, Any], system: str) -> str:
+    """Which relay grid and blending a system used (every report must say it)."""
+    from models.registry import build_system
+
+    sys_obj = build_system(system, config["systems"][system], config["weights"], "cpu", "float32")
+    return sys_obj.describe_grid() if hasattr(sys_obj, "describe_grid") else ""
 
 
 def write_table1(config: dict[str, Any], out: str | Path) -> Path:

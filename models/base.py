@@ -115,8 +115,8 @@ class System(ABC):
     PARAMS: ClassVar[dict[str, dict[str, Any]]] = {}
     #: libraries whose version is part of the fingerprint (numbers can move between releases)
     LIBRARIES: ClassVar[tuple[str, ...]] = ("diffusers", "transformers")
-    #: a system with an ``input`` parameter consumes another system's images (e.g. relay SR)
-    TAKES_INPUT_IMAGES: ClassVar[bool] = False
+    #: parameters whose value names another entry under ``weights:`` (text encoder, VAE, ...)
+    WEIGHT_PARAMS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -126,11 +126,13 @@ class System(ABC):
         device: str = "auto",
         dtype: str = "auto",
         batch_invariant: bool = False,
+        all_weights: dict[str, str] | None = None,
     ):
         self.name = name
         self.batch_invariant = batch_invariant
         self.params = self.resolve_params(params, name)
         self.weights = weights
+        self.all_weights = dict(all_weights or {weights.key: weights.value})
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device, self.gpu_dtype())
         self._built = False
@@ -154,6 +156,19 @@ class System(ABC):
         props["model"] = {"type": "string"}
         props["weights"] = {"type": "string"}
         return {"type": "object", "properties": props, "additionalProperties": False, "required": ["model"]}
+
+    @classmethod
+    def weight_keys(cls, params: dict[str, Any]) -> list[str]:
+        """Every ``weights:`` entry a system with these (resolved) parameters reads."""
+        return [params.get("weights", params["model"])] + [
+            params.get(p, cls.PARAMS[p]["default"]) for p in cls.WEIGHT_PARAMS
+        ]
+
+    def component_weights(self, param: str) -> WeightsSpec:
+        key = self.params[param]
+        if key not in self.all_weights:
+            raise ConfigError(f"config key 'systems.{self.name}.{param}': no entry {key!r} under weights:")
+        return WeightsSpec(key, str(self.all_weights[key]))
 
     def gpu_dtype(self) -> torch.dtype:
         return torch.float16
@@ -200,12 +215,11 @@ class System(ABC):
         """What the paper's "Steps" column shows for this system, e.g. ``50`` or ``20+10``."""
 
     # ---- provenance -------------------------------------------------------------------------
-    def weights_fingerprint(self) -> str:
-        if self.weights.is_tiny:
-            return "tiny"
+    def weights_fingerprint(self) -> dict[str, str]:
         from models.weights import folder_digest
 
-        return folder_digest(self.weights.path)
+        specs = [self.weights] + [self.component_weights(p) for p in self.WEIGHT_PARAMS]
+        return {w.key: ("tiny" if w.is_tiny else folder_digest(w.path)) for w in specs}
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that can change the pixels: code-relevant parameters, weights, dtype, libraries."""
@@ -219,9 +233,33 @@ class System(ABC):
         }
 
 
-def generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+def move(module, device: torch.device, dtype: torch.dtype):
+    """``module.to(device, dtype)``, casting only when needed (diffusers warns on every dtype cast)."""
+    module = module.to(device)
+    if any(p.dtype != dtype for p in module.parameters()):
+        module = module.to(dtype)
+    return module
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A seed for one named random stream of a sample (e.g. a relay stage's noise).
+
+    Two stages of one pipeline must not reuse the sample seed directly: their Gaussian draws would
+    start with the same numbers.
+    """
+    if not stream:
+        return int(seed)
+    return int.from_bytes(hashlib.sha256(f"{int(seed)}/{stream}".encode()).digest()[:8], "big") >> 1
+
+
+def generators(seeds: Sequence[int], stream: str = "") -> list[torch.Generator]:
     """One generator per sample: the noise of image i depends on seeds[i] alone.
 
     Generators live on the CPU so the same seed gives the same noise on every device.
     """
-    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    return [torch.Generator("cpu").manual_seed(stream_seed(s, stream)) for s in seeds]
+
+
+def randn(shape: Sequence[int], gens: Sequence[torch.Generator]) -> torch.Tensor:
+    """A batch of unit Gaussians, sample i drawn from gens[i] (so it does not depend on the batch)."""
+    return torch.stack([torch.randn(tuple(shape), generator=g, dtype=torch.float32) for g in gens])

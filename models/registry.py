@@ -14,6 +14,8 @@ from models.base import System, WeightsSpec
 
 MODELS: dict[str, str] = {
     "sdxl": "models.sdxl:SDXLSystem",
+    "cogview3-base": "models.cogview3.system:CogView3BaseSystem",
+    "cogview3-relay": "models.cogview3.system:CogView3RelaySystem",
 }
 
 
@@ -42,4 +44,5 @@ def build_system(
             f"config key systems.{name}.weights: no entry {weights_key!r} under weights:; "
             f"add `weights: {{{weights_key}: tiny}}` or a local path"
         )
-    return cls(name, spec, WeightsSpec(weights_key, str(weights[weights_key])), device=device, dtype=dtype, batch_invariant=batch_invariant)
+    return cls(name, spec, WeightsSpec(weights_key, str(weights[weights_key])), device=device, dtype=dtype,
+               batch_invariant=batch_invariant, all_weights=weights)

@@ -111,7 +111,10 @@ class SDXLSystem(System):
     def _tiny_pipeline(self):
         from diffusers import StableDiffusionXLPipeline
 
-        return StableDiffusionXLPipeline(**self._tiny_components(), add_watermarker=False).to(self.dtype)
+        pipe = StableDiffusionXLPipeline(**self._tiny_components(), add_watermarker=False)
+        if self.dtype != torch.float32:
+            pipe = pipe.to(dtype=self.dtype)
+        return pipe
 
     # ---- generate ----------------------------------------------------------------------------
     def pipeline_kwargs(self) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def test_paper_config_is_valid():
         (lambda c: c["systems"]["sdxl"].update(guidence=5.0), "'systems.sdxl.guidence': unknown key"),
         (lambda c: c["systems"]["sdxl"].update(resolution=100), "'systems.sdxl.resolution'"),
         (lambda c: c["systems"]["sdxl"].update(model="sd15"), "systems.sdxl.model: unknown model 'sd15'"),
-        (lambda c: c["systems"]["sdxl"].update(weights="nope"), "'systems.sdxl.weights': no entry 'nope'"),
+        (lambda c: c["systems"]["sdxl"].update(weights="nope"), "'systems.sdxl': weights entry 'nope' is missing"),
         (lambda c: c.update(metrics=["fidd"]), "'metrics.0': unknown metric 'fidd'"),
         (lambda c: c["weights"].pop("aesthetic"), "'weights.aesthetic': missing"),
         (lambda c: c.pop("systems"), "'systems' is a required property"),

@@ -24,7 +24,7 @@ def snakemake(workdir, *args):
 
 def test_smoke_dag_writes_table1_and_a_rerun_does_nothing(tmp_path, data_dir):
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg.update(data_dir=str(data_dir), benchmarks=["smoke", "drawbench"], num_prompts=3)
+    cfg.update(data_dir=str(data_dir), benchmarks=["drawbench"], num_prompts=2)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
 
     rc, log = snakemake(tmp_path, "reports/table1.md", "--configfile", str(tmp_path / "c.yaml"))
@@ -33,12 +33,19 @@ def test_smoke_dag_writes_table1_and_a_rerun_does_nothing(tmp_path, data_dir):
     assert table[0] == SMOKE_BANNER
     header = next(line for line in table if line.startswith("| Model"))
     assert "| Model | Steps | Time cost (paper) | DrawBench Aes | DrawBench HPS v2 | DrawBench ImageReward | PartiPrompts Aes" in header
-    row = next(line for line in table if line.startswith("| sdxl |")).split(" | ")
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table if line.startswith("| ")}
+    assert set(rows) == {"Model", "sdxl", "cogview3", "cogview3-official", "cogview3-distill-4+1", "cogview3-distill-8+2"}
+    assert [rows[s][1] for s in ("cogview3", "cogview3-official", "cogview3-distill-4+1", "cogview3-distill-8+2")] == [
+        "50+10", "50+12", "4+1", "8+2"]
+    assert "- cogview3-official: T_r=500: 12 steps at t=499, 457, 416, 374, 333, 291, 249, 208, 166, 124, 83, 41; blending by step" in table
+    # the relay stage is its own job, reading the base stage's images
+    assert len(list((tmp_path / "results" / "drawbench" / "cogview3-base" / "images").glob("*.png"))) == 2
+    row = rows["sdxl"]
     assert row[1] == "4" and "(19.67 s)" in row[2]
-    assert "(N=3)" in row[3]  # DrawBench Aes filled from 3 prompts
+    assert "(N=2)" in row[3]  # DrawBench Aes filled from 2 prompts
     assert row[4] == "–" and row[6] == "–"  # PartiPrompts not configured, HPS v2 not computed yet
     assert "- metric `hpsv2` not in this config's metrics" in table
-    assert len(list((tmp_path / "results" / "drawbench" / "sdxl" / "images").glob("*.png"))) == 3
+    assert len(list((tmp_path / "results" / "drawbench" / "sdxl" / "images").glob("*.png"))) == 2
 
     rc, log = snakemake(tmp_path, "reports/table1.md", "--configfile", str(tmp_path / "c.yaml"))
     assert rc == 0 and "Nothing to be done" in log, log
@@ -58,7 +65,7 @@ def generate(cfg, system, benchmark="smoke"):
 
 def test_table_refuses_mixed_scorer_versions(tmp_path):
     cfg = smoke_config(tmp_path, num_prompts=2)
-    cfg["systems"]["sdxl-b"] = dict(cfg["systems"]["sdxl"])
+    cfg["systems"] = {"sdxl": cfg["systems"]["sdxl"], "sdxl-b": dict(cfg["systems"]["sdxl"])}
     for name in ("sdxl", "sdxl-b"):
         generate(cfg, name)
         run_scoring(cfg, "smoke", name, "aesthetic")

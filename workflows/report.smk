@@ -1,13 +1,14 @@
 # Reports: the paper's tables from the per-image scores.
-from harness.tables import TABLE1_METRICS, write_table1
+from harness.tables import TABLE1_METRICS, final_systems, write_table1
 
 
 def table1_scores(w):
     metrics = [m for m, _ in TABLE1_METRICS if m in config["metrics"]]
     benchmarks = [b for b in config["benchmarks"] if b != "coco5k"]
-    return [
-        f"{RESULTS}/{b}/{s}/scores/{m}.json" for b in benchmarks for s in config["systems"] for m in metrics
-    ] + [f"{RESULTS}/{b}/{s}/manifest.jsonl" for b in benchmarks for s in config["systems"]]
+    systems = final_systems(config)
+    return [f"{RESULTS}/{b}/{s}/scores/{m}.json" for b in benchmarks for s in systems for m in metrics] + [
+        f"{RESULTS}/{b}/{s}/manifest.jsonl" for b in benchmarks for s in config["systems"]
+    ]
 
 
 rule table1:

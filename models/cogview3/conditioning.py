@@ -52,7 +52,9 @@ class T5TextEncoder:
 
     def __init__(self, tokenizer, encoder, device: torch.device, dtype: torch.dtype):
         self.tokenizer = tokenizer
-        self.encoder = encoder.to(device=device, dtype=dtype).eval()
+        from models.base import move
+
+        self.encoder = move(encoder, device, dtype).eval()
         self.device, self.dtype = device, dtype
 
     @classmethod

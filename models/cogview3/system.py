@@ -1,0 +1,213 @@
+"""CogView3 systems: the base stage and the relay super-resolution stage (full and distilled).
+
+A CogView3 run is two systems in the config, the relay one naming the base one as its ``input``:
+
+    cogview3-base: {model: cogview3-base, weights: cogview3-base, steps: 50, guidance: 7.5}
+    cogview3:      {model: cogview3-relay, input: cogview3-base, weights: cogview3-relay, t_r: 500, steps: 10}
+
+so the relay stage is its own Snakemake job reading the base stage's saved 8-bit PNGs, and every T_r
+of a sweep reuses one base pass. Pipeline (spec §4.2, §4.3):
+
+    base:  T5(prompt) -> DDIM 512 px (CFG 7.5, zero negative) -> VAE decode -> uint8 (truncation) -> PNG
+    relay: PNG -> [-1, 1] -> bilinear x2 in pixel space -> VAE encode (posterior *sample*) x 0.13025 = z^L
+           -> relay sampler from T_r -> VAE decode -> uint8 (truncation)
+
+Weights (``weights:`` entries): the UNet as an official SAT checkpoint folder, ``text_encoder`` a
+folder with T5 v1.1 XXL ``tokenizer/`` + ``text_encoder/`` (e.g. THUDM/CogVideoX-2b), ``vae`` the SDXL
+VAE (diffusers folder or ``sdxl_vae.safetensors``). Each may be ``tiny``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from harness.errors import ConfigError
+from models.base import System, generators, move, randn
+from models.cogview3.conditioning import T5TextEncoder, guidance_embedding, size_vector
+from models.cogview3.denoiser import CogView3Denoiser
+from models.cogview3.sampling import ddim_sample, relay_sample
+from models.cogview3.schedule import relay_timesteps, timesteps
+from models.cogview3.unet import (
+    BASE_GUIDANCE_EMBED_DIM,
+    RELAY_GUIDANCE_EMBED_DIM,
+    build_unet,
+    tiny_unet_config,
+    unet_config,
+)
+
+VAE_SCALE = 0.13025
+VAE_FACTOR = 8
+
+_COMMON = {
+    "guidance": {"default": 7.5, "schema": {"type": "number", "minimum": 0}, "doc": "CFG scale, or the embedded w when distilled"},
+    "distilled": {"default": False, "schema": {"type": "boolean"}, "doc": "distilled checkpoint: no CFG, guidance embedded"},
+    "text_encoder": {"default": "t5", "schema": {"type": "string"}, "doc": "weights entry of the T5 folder"},
+    "vae": {"default": "sdxl-vae", "schema": {"type": "string"}, "doc": "weights entry of the SDXL VAE"},
+}
+
+
+def _tiny_seed(key: str) -> int:
+    return int.from_bytes(key.encode()[:8].ljust(8, b"\0"), "little") % (2**31)
+
+
+class _CogView3(System):
+    WEIGHT_PARAMS = ("text_encoder", "vae")
+    LIBRARIES = ("diffusers", "transformers")
+    GUIDANCE_EMBED_DIM: int
+
+    def gpu_dtype(self) -> torch.dtype:
+        return torch.bfloat16  # the reference runs fp16; bf16 avoids the fp16 overflow of T5-XXL
+
+    def _build(self) -> None:
+        dim = self.GUIDANCE_EMBED_DIM if self.params["distilled"] else None
+        if self.weights.is_tiny:
+            self.unet = build_unet(tiny_unet_config(dim), seed=_tiny_seed(self.weights.key))
+        else:
+            from models.cogview3.checkpoint import load_sat_unet
+
+            with torch.device("meta"):
+                unet = build_unet(unet_config(dim))
+            unet = unet.to_empty(device="cpu")
+            load_sat_unet(unet, self.weights.require_dir())
+            self.unet = unet
+        self.unet = move(self.unet, self.device, self.dtype).eval()
+
+        t5 = self.component_weights("text_encoder")
+        if t5.is_tiny:
+            self.text_encoder = tiny_t5_encoder(self.device)
+        else:
+            self.text_encoder = T5TextEncoder.from_folder(t5.require_dir(), self.device, self.dtype)
+
+        vae = self.component_weights("vae")
+        if vae.is_tiny:
+            from models.sdxl import tiny_vae
+
+            self.vae = tiny_vae(seed=3)
+        else:
+            from models.cogview3.checkpoint import load_sdxl_vae
+
+            self.vae = load_sdxl_vae(vae.path, torch.float32)
+        # The SDXL VAE overflows in fp16 (spec §2.3): encode and decode in fp32.
+        self.vae = move(self.vae, self.device, torch.float32).eval()
+
+    def denoiser(self, prompts: Sequence[str], size: int) -> CogView3Denoiser:
+        context = self.text_encoder(prompts)
+        vec = size_vector((size, size), (0, 0), (size, size), batch=len(prompts)).to(self.device)
+        if self.params["distilled"]:
+            emb = guidance_embedding(self.params["guidance"], self.GUIDANCE_EMBED_DIM, len(prompts)).to(self.device)
+            return CogView3Denoiser(self.unet, context, vec, guidance_embedding=emb)
+        return CogView3Denoiser(self.unet, context, vec, guidance=self.params["guidance"])
+
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor) -> list[Image.Image]:
+        x = self.vae.decode(z.to(self.device, torch.float32) / VAE_SCALE).sample.float()
+        # clamp((x+1)/2) * 255 then astype(uint8): truncation, not rounding, as sample_unet.py
+        x = (torch.clamp((x + 1.0) / 2.0, 0.0, 1.0) * 255.0).to(torch.uint8)
+        return [Image.fromarray(a) for a in x.permute(0, 2, 3, 1).cpu().numpy()]
+
+
+def tiny_t5_encoder(device: torch.device) -> T5TextEncoder:
+    from transformers import T5Config, T5EncoderModel
+
+    from models.cogview3.conditioning import T5_MAX_LENGTH
+    from models.tokenizers import t5_tokenizer_tiny
+
+    tok = t5_tokenizer_tiny(T5_MAX_LENGTH)
+    torch.manual_seed(4)
+    enc = T5EncoderModel(
+        T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                 relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+    )
+    # Tiny builds always run in fp32 (they only exist to exercise the code path on a CPU).
+    return T5TextEncoder(tok, enc, device, torch.float32)
+
+
+class CogView3BaseSystem(_CogView3):
+    """Stage 1: 512 px text-to-image (50 DDIM steps, CFG 7.5; distilled: 4 or 8 steps, no CFG)."""
+
+    GUIDANCE_EMBED_DIM = BASE_GUIDANCE_EMBED_DIM
+    PARAMS = {
+        "steps": {"default": 50, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}, "doc": "DDIM steps"},
+        "resolution": {"default": 512, "schema": {"type": "integer", "minimum": 64, "multipleOf": 32}, "doc": "pixels"},
+        **_COMMON,
+    }
+
+    def grid(self) -> list[int]:
+        return timesteps(self.params["steps"])
+
+    def _generate(self, prompts, seeds, inputs=None) -> list[Image.Image]:
+        size = self.params["resolution"]
+        noise = randn((4, size // VAE_FACTOR, size // VAE_FACTOR), generators(seeds)).to(self.device)
+        z = ddim_sample(self.denoiser(prompts, size), noise, self.grid())
+        return self.decode(z)
+
+    def steps_label(self) -> str:
+        return str(self.params["steps"])
+
+
+class CogView3RelaySystem(_CogView3):
+    """Stage 2: relay super-resolution of the ``input`` system's images (x2, e.g. 512 -> 1024).
+
+    ``t_r`` and ``steps`` pick the relay grid (:func:`models.cogview3.schedule.relay_timesteps`):
+    t_r 500 / 10 steps is the paper's setting (499, 449, ..., 49); t_r 500 / 12 steps the official
+    config's (24-point grid from t = 499); distilled relays use t_r 200 with 1 or 2 steps (199 / 199, 99).
+    """
+
+    GUIDANCE_EMBED_DIM = RELAY_GUIDANCE_EMBED_DIM
+    PARAMS = {
+        "input": {"default": None, "schema": {"type": "string"}, "doc": "the system whose images are upsampled"},
+        "t_r": {"default": 500, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}, "doc": "relay start T_r"},
+        "steps": {"default": 10, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}, "doc": "relay steps"},
+        "blending": {"default": "step", "schema": {"enum": ["step", "time"]},
+                     "doc": "blur fraction k/N by sampler step (official code) or t/T_r (paper's training)"},
+        "delta": {"default": 0.0, "schema": {"type": "number", "minimum": 0, "maximum": 1},
+                  "doc": "stochastic degree of eq. 7 as a fraction of sigma_(t-1); 0 = deterministic"},
+        "scale": {"default": 2, "schema": {"type": "integer", "minimum": 2, "maximum": 2}, "doc": "upsampling factor"},
+        **_COMMON,
+    }
+
+    @classmethod
+    def resolve_params(cls, params: dict[str, Any], system_name: str) -> dict[str, Any]:
+        out = super().resolve_params(params, system_name)
+        if not out["input"]:
+            raise ConfigError(f"config key 'systems.{system_name}.input': a relay system needs the name of its base system")
+        return out
+
+    def grid(self) -> list[int]:
+        return relay_timesteps(self.params["t_r"], self.params["steps"])
+
+    def describe_grid(self) -> str:
+        g = self.grid()
+        return f"T_r={self.params['t_r']}: {len(g)} steps at t={', '.join(map(str, g))}; blending by {self.params['blending']}"
+
+    @torch.inference_mode()
+    def encode_lr(self, images: Sequence[Image.Image], gens) -> torch.Tensor:
+        """z^L: the 8-bit images in [-1, 1], bilinear x2 in pixel space, VAE posterior sample x 0.13025."""
+        x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32)) for im in images])
+        x = (x.permute(0, 3, 1, 2) / 255.0) * 2.0 - 1.0
+        x = F.interpolate(x, scale_factor=self.params["scale"], mode="bilinear", align_corners=False)
+        dist = self.vae.encode(x.to(self.device)).latent_dist
+        eps = randn(dist.mean.shape[1:], gens).to(self.device)
+        return (dist.mean + dist.std * eps) * VAE_SCALE
+
+    def _generate(self, prompts, seeds, inputs=None) -> list[Image.Image]:
+        if inputs is None:
+            raise ValueError("the relay stage needs the base stage's images")
+        # One generator per sample on the relay's own stream: first the posterior sample, then the noise.
+        gens = generators(seeds, stream="relay")
+        z_lr = self.encode_lr(inputs, gens)
+        noise = randn(z_lr.shape[1:], gens).to(self.device)
+        size = inputs[0].width * self.params["scale"]
+        z = relay_sample(
+            self.denoiser(prompts, size), z_lr, self.grid(), noise,
+            blending=self.params["blending"], t_r=self.params["t_r"], delta=self.params["delta"], generator=gens,
+        )
+        return self.decode(z)
+
+    def steps_label(self) -> str:
+        return str(self.params["steps"])
