@@ -31,7 +31,8 @@ PY = sys.executable
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]
 SNAPSHOT = os.path.join(RESULTS, ".harness", "config.json")
-HARNESS = f"{PY} -m harness --config-snapshot {SNAPSHOT}"
+HARNESS = f"{PY} -m harness"
+CLI_OPTS = f"--config-snapshot {SNAPSHOT}"
 
 # The CLI reads the validated config from this snapshot; rules list the parts they depend on as
 # params, so Snakemake reruns exactly the jobs whose inputs changed.

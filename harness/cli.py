@@ -3,7 +3,7 @@
     python -m harness generate --benchmark smoke --system sdxl [--shard 0 --shards 1]
     python -m harness score --benchmark smoke --system sdxl --metric aesthetic
     python -m harness table1 --out reports/table1.md
-    python -m harness validate
+    python -m harness validate --config config/paper.yaml
 
 The config is read from ``--config`` (YAML; default config/config.yaml) or from the snapshot the
 Snakefile writes (``--config-snapshot``), so a rule and a hand-run command see the same values.
@@ -76,11 +76,14 @@ def cmd_validate(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default="config/config.yaml", help="config YAML (default: %(default)s)")
+    common.add_argument("--config-snapshot", help="validated config JSON written by the Snakefile")
+    common.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="config/config.yaml", help="config YAML (default: %(default)s)")
-    p.add_argument("--config-snapshot", help="validated config JSON written by the Snakefile")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add_parser(*a, parents=[common], **k)  # every command takes the options
 
     g = sub.add_parser("generate", help="generate (or resume) images for one benchmark and system")
     g.add_argument("--benchmark", required=True)

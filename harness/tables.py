@@ -78,9 +78,10 @@ def stage_chain(config: dict[str, Any], system: str) -> list[str]:
 
 
 def final_systems(config: dict[str, Any]) -> list[str]:
-    """Systems whose images are a model's output (not a stage another system consumes)."""
-    inputs = {spec.get("input") for spec in config["systems"].values()}
-    return [s for s in config["systems"] if s not in inputs]
+    """Systems that are a model's output (table rows), not an intermediate stage such as a 512 px base."""
+    from models.registry import model_class
+
+    return [name for name, spec in config["systems"].items() if not model_class(spec["model"]).IS_STAGE]
 
 
 def time_cost(config: dict[str, Any], benchmarks: list[str], system: str) -> tuple[str, str]:

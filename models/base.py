@@ -115,6 +115,9 @@ class System(ABC):
     PARAMS: ClassVar[dict[str, dict[str, Any]]] = {}
     #: libraries whose version is part of the fingerprint (numbers can move between releases)
     LIBRARIES: ClassVar[tuple[str, ...]] = ("diffusers", "transformers")
+    #: an intermediate stage (e.g. CogView3's 512 px base): its images feed another system and it
+    #: is not a row of the paper's tables
+    IS_STAGE: ClassVar[bool] = False
     #: parameters whose value names another entry under ``weights:`` (text encoder, VAE, ...)
     WEIGHT_PARAMS: ClassVar[tuple[str, ...]] = ()
 

@@ -29,7 +29,7 @@ rule generate_shard:
         system=system_params,
     threads: 1
     shell:
-        "{HARNESS} --threads {threads} generate --benchmark {wildcards.benchmark} --system {wildcards.system}"
+        "{HARNESS} generate {CLI_OPTS} --threads {threads} --benchmark {wildcards.benchmark} --system {wildcards.system}"
         " --shard {wildcards.shard} --shards {wildcards.shards}"
 
 

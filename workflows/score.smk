@@ -10,5 +10,5 @@ rule score:
         weights=lambda w: config["weights"][w.metric],
     threads: 1
     shell:
-        "{HARNESS} --threads {threads} score --benchmark {wildcards.benchmark} --system {wildcards.system}"
+        "{HARNESS} score {CLI_OPTS} --threads {threads} --benchmark {wildcards.benchmark} --system {wildcards.system}"
         " --metric {wildcards.metric}"

@@ -95,9 +95,11 @@ class _CogView3(System):
         # The SDXL VAE overflows in fp16 (spec §2.3): encode and decode in fp32.
         self.vae = move(self.vae, self.device, torch.float32).eval()
 
-    def denoiser(self, prompts: Sequence[str], size: int) -> CogView3Denoiser:
-        context = self.text_encoder(prompts)
-        vec = size_vector((size, size), (0, 0), (size, size), batch=len(prompts)).to(self.device)
+    def denoiser(self, prompts: Sequence[str], size: int, crop=(0, 0), target: int | None = None, context=None):
+        """D(x, t) for these prompts; size conditioning (size, size), ``crop``, (target, target) in pixels."""
+        context = self.text_encoder(prompts) if context is None else context
+        target = size if target is None else target
+        vec = size_vector((size, size), crop, (target, target), batch=len(prompts)).to(self.device)
         if self.params["distilled"]:
             emb = guidance_embedding(self.params["guidance"], self.GUIDANCE_EMBED_DIM, len(prompts)).to(self.device)
             return CogView3Denoiser(self.unet, context, vec, guidance_embedding=emb)
@@ -131,6 +133,7 @@ class CogView3BaseSystem(_CogView3):
     """Stage 1: 512 px text-to-image (50 DDIM steps, CFG 7.5; distilled: 4 or 8 steps, no CFG)."""
 
     GUIDANCE_EMBED_DIM = BASE_GUIDANCE_EMBED_DIM
+    IS_STAGE = True
     PARAMS = {
         "steps": {"default": 50, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}, "doc": "DDIM steps"},
         "resolution": {"default": 512, "schema": {"type": "integer", "minimum": 64, "multipleOf": 32}, "doc": "pixels"},
@@ -168,6 +171,9 @@ class CogView3RelaySystem(_CogView3):
         "delta": {"default": 0.0, "schema": {"type": "number", "minimum": 0, "maximum": 1},
                   "doc": "stochastic degree of eq. 7 as a fraction of sigma_(t-1); 0 = deterministic"},
         "scale": {"default": 2, "schema": {"type": "integer", "minimum": 2, "maximum": 2}, "doc": "upsampling factor"},
+        "tile_size": {"default": None, "schema": {"type": ["integer", "null"], "minimum": 16, "multipleOf": 4},
+                      "doc": "latent tile size for tiled SR (null: whole image); 128 = 1024 px"},
+        "tile_overlap": {"default": 32, "schema": {"type": "integer", "minimum": 0}, "doc": "latent tile overlap"},
         **_COMMON,
     }
 
@@ -180,10 +186,6 @@ class CogView3RelaySystem(_CogView3):
 
     def grid(self) -> list[int]:
         return relay_timesteps(self.params["t_r"], self.params["steps"])
-
-    def describe_grid(self) -> str:
-        g = self.grid()
-        return f"T_r={self.params['t_r']}: {len(g)} steps at t={', '.join(map(str, g))}; blending by {self.params['blending']}"
 
     @torch.inference_mode()
     def encode_lr(self, images: Sequence[Image.Image], gens) -> torch.Tensor:
@@ -204,10 +206,35 @@ class CogView3RelaySystem(_CogView3):
         noise = randn(z_lr.shape[1:], gens).to(self.device)
         size = inputs[0].width * self.params["scale"]
         z = relay_sample(
-            self.denoiser(prompts, size), z_lr, self.grid(), noise,
+            self.relay_denoiser(prompts, size, z_lr.shape[-2:]), z_lr, self.grid(), noise,
             blending=self.params["blending"], t_r=self.params["t_r"], delta=self.params["delta"], generator=gens,
         )
         return self.decode(z)
+
+    def relay_denoiser(self, prompts: Sequence[str], size: int, latent_hw):
+        tile = self.params["tile_size"]
+        if not tile or tile >= max(latent_hw):
+            return self.denoiser(prompts, size)
+        from models.cogview3.tiling import TiledDenoiser
+
+        context = self.text_encoder(prompts)  # encoded once, shared by every tile
+
+        def make(top, left, h, w):
+            return self.denoiser(prompts, size, crop=(top * VAE_FACTOR, left * VAE_FACTOR), target=h * VAE_FACTOR, context=context)
+
+        return TiledDenoiser(make, latent_hw[0], latent_hw[1], tile, self.params["tile_overlap"])
+
+    def _build(self) -> None:
+        super()._build()
+        if self.params["tile_size"]:
+            self.vae.enable_tiling()  # VAE activations at 4096 px would dwarf the tiled UNet's
+
+    def describe_grid(self) -> str:
+        g = self.grid()
+        tiles = (f"; tiled, {self.params['tile_size']}-latent tiles overlapping {self.params['tile_overlap']}"
+                 if self.params["tile_size"] else "")
+        return (f"T_r={self.params['t_r']}: {len(g)} steps at t={', '.join(map(str, g))}; "
+                f"blending by {self.params['blending']}{tiles}")
 
     def steps_label(self) -> str:
         return str(self.params["steps"])
