@@ -139,7 +139,7 @@ def base_and_relay():
 
 def test_decode_truncates_like_the_official_code(base_and_relay, monkeypatch):
     base, _ = base_and_relay
-    values = torch.tensor([-1.0, -0.5, 0.0, 0.999, 1.0, 2.0]).reshape(1, 1, 1, 6).expand(1, 3, 1, 6)
+    values = torch.tensor([-1.0, -0.5, 0.0, 0.999, 1.0, 2.0]).reshape(1, 1, 1, 6).expand(1, 3, 1, 6).clone()
     monkeypatch.setattr(base.vae, "decode", lambda z: type("O", (), {"sample": values})())
     px = np.asarray(base.decode(torch.zeros(1, 4, 1, 1))[0])[0, :, 0]
     # (x+1)/2*255 = 0, 63.75, 127.5, 254.87, 255, clamp: truncation gives 63, 127, 254 (rounding: 64, 128, 255)
