@@ -37,7 +37,7 @@ CLI_OPTS = f"--config-snapshot {SNAPSHOT}"
 # The CLI reads the validated config from this snapshot; rules list the parts they depend on as
 # params, so Snakemake reruns exactly the jobs whose inputs changed.
 os.makedirs(os.path.dirname(SNAPSHOT), exist_ok=True)
-_snap = json.dumps(config, sort_keys=True, indent=1)
+_snap = json.dumps(config, indent=1)  # keep the config's order: tables list systems in it
 if not os.path.exists(SNAPSHOT) or open(SNAPSHOT).read() != _snap:
     with open(SNAPSHOT + ".tmp", "w") as _f:
         _f.write(_snap)

@@ -3,6 +3,7 @@
     python -m harness generate --benchmark smoke --system sdxl [--shard 0 --shards 1]
     python -m harness score --benchmark smoke --system sdxl --metric aesthetic
     python -m harness table1 --out reports/table1.md
+    python -m harness timecost --config config/timecost.yaml --out reports/timecost.md
     python -m harness validate --config config/paper.yaml
 
 The config is read from ``--config`` (YAML; default config/config.yaml) or from the snapshot the
@@ -70,6 +71,15 @@ def cmd_table1(args) -> None:
     print(f"wrote {out}")
 
 
+def cmd_timecost(args) -> None:
+    from harness.timecost import run_timecost
+
+    cfg = _config(args)
+    _threads(args.threads)
+    out = run_timecost(cfg, args.out, batch=args.batch, warmup=args.warmup, repeats=args.repeats)
+    print(f"wrote {out}")
+
+
 def cmd_validate(args) -> None:
     cfg = _config(args)
     print(f"config OK: profile {cfg['profile']}, {len(cfg['systems'])} systems, benchmarks {', '.join(cfg['benchmarks'])}")
@@ -106,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("table1", help="write Table 1")
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_table1)
+
+    c = sub.add_parser("timecost", help="time every system on one batch (the paper's protocol)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--batch", type=int, default=4)
+    c.add_argument("--warmup", type=int, default=1)
+    c.add_argument("--repeats", type=int, default=3)
+    c.set_defaults(func=cmd_timecost)
 
     v = sub.add_parser("validate", help="validate the config and exit")
     v.set_defaults(func=cmd_validate)

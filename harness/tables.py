@@ -12,6 +12,7 @@ from harness.io import atomic_write_text, read_jsonl
 from harness.runner import manifest_path, system_dir
 from harness.scoring import scores_path
 from harness.stats import Estimate, bootstrap_mean, per_prompt_means
+from harness.timecost import PAPER_TIME_COST_S
 
 SMOKE_BANNER = (
     "> **Smoke profile: these numbers say nothing about image quality.** Every model and scorer here "
@@ -22,16 +23,6 @@ BENCHMARK_TITLES = {"drawbench": "DrawBench", "parti": "PartiPrompts", "coco5k":
 TABLE1_METRICS = (("aesthetic", "Aes"), ("hpsv2", "HPS v2"), ("imagereward", "ImageReward"))
 TABLE1_BENCHMARKS = ("drawbench", "parti")
 
-#: Table 1 time cost of the paper (seconds per batch of 4 on one A100), by the system names of
-#: config/paper.yaml. Source: arXiv 2403.05121 Table 1, as quoted in the project's baseline issue.
-PAPER_TIME_COST_S = {
-    "sdxl": 19.67,
-    "stable-cascade": 10.83,
-    "cogview3": 10.33,
-    "lcm-sdxl": 2.06,
-    "cogview3-distill-4+1": 1.47,
-    "cogview3-distill-8+2": 1.96,
-}
 
 
 def header_line(config: dict[str, Any]) -> str:

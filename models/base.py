@@ -26,6 +26,7 @@ from PIL import Image
 from harness.errors import ConfigError, HarnessError
 
 TINY = "tiny"
+RANDOM = "random"  # the full-size architecture with random weights: for timing, never for scores
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,17 @@ class WeightsSpec:
         return self.value == TINY
 
     @property
+    def is_random(self) -> bool:
+        return self.value == RANDOM
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.value in (TINY, RANDOM)
+
+    @property
     def path(self) -> Path:
-        if self.is_tiny:
-            raise ValueError("a tiny weights spec has no path")
+        if self.is_builtin:
+            raise ValueError(f"a {self.value!r} weights spec has no path")
         expanded = os.path.expanduser(os.path.expandvars(self.value))
         if "$" in expanded:
             raise HarnessError(
@@ -56,7 +65,7 @@ class WeightsSpec:
         if not path.is_dir():
             raise HarnessError(
                 f"weights.{self.key}: folder {path} does not exist; download the weights there "
-                "(see README 'Reproducing the paper') or set weights.{self.key}: tiny for random weights"
+                f"(see README 'Reproducing the paper') or set weights.{self.key}: tiny for random weights"
             )
         return path
 
@@ -222,7 +231,7 @@ class System(ABC):
         from models.weights import folder_digest
 
         specs = [self.weights] + [self.component_weights(p) for p in self.WEIGHT_PARAMS]
-        return {w.key: ("tiny" if w.is_tiny else folder_digest(w.path)) for w in specs}
+        return {w.key: (w.value if w.is_builtin else folder_digest(w.path)) for w in specs}
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that can change the pixels: code-relevant parameters, weights, dtype, libraries."""

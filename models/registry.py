@@ -14,6 +14,8 @@ from models.base import System, WeightsSpec
 
 MODELS: dict[str, str] = {
     "sdxl": "models.sdxl:SDXLSystem",
+    "lcm-sdxl": "models.sdxl:LCMSDXLSystem",
+    "stable-cascade": "models.stable_cascade:StableCascadeSystem",
     "cogview3-base": "models.cogview3.system:CogView3BaseSystem",
     "cogview3-relay": "models.cogview3.system:CogView3RelaySystem",
 }

@@ -19,6 +19,24 @@ from models.tokenizers import CLIP_VOCAB_SIZE, check_tokenizer_size, clip_tokeni
 
 RESOLUTION_SCHEMA = {"type": "integer", "minimum": 64, "multipleOf": 8}
 
+#: stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (baselines.md §1.1), for full-size checks
+SDXL_UNET_CONFIG = dict(
+    act_fn="silu", addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
+    attention_head_dim=(5, 10, 20), block_out_channels=(320, 640, 1280), center_input_sample=False,
+    class_embed_type=None, class_embeddings_concat=False, conv_in_kernel=3, conv_out_kernel=3,
+    cross_attention_dim=2048, cross_attention_norm=None,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"), downsample_padding=1,
+    dual_cross_attention=False, encoder_hid_dim=None, encoder_hid_dim_type=None, flip_sin_to_cos=True, freq_shift=0,
+    in_channels=4, layers_per_block=2, mid_block_only_cross_attention=None, mid_block_scale_factor=1,
+    mid_block_type="UNetMidBlock2DCrossAttn", norm_eps=1e-05, norm_num_groups=32, num_attention_heads=None,
+    num_class_embeds=None, only_cross_attention=False, out_channels=4, projection_class_embeddings_input_dim=2816,
+    resnet_out_scale_factor=1.0, resnet_skip_time_act=False, resnet_time_scale_shift="default", sample_size=128,
+    time_cond_proj_dim=None, time_embedding_act_fn=None, time_embedding_dim=None, time_embedding_type="positional",
+    timestep_post_act=None, transformer_layers_per_block=(1, 2, 10),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), upcast_attention=None,
+    use_linear_projection=True,
+)
+
 
 def tiny_clip_text_config(projection_dim: int = 32):
     """A 2-layer, 32-d CLIP text tower over the real 49,408-token vocabulary."""
@@ -55,7 +73,12 @@ class SDXLSystem(System):
 
     # ---- build -------------------------------------------------------------------------------
     def _build(self) -> None:
-        pipe = self._load_pipeline() if not self.weights.is_tiny else self._tiny_pipeline()
+        if self.weights.is_tiny:
+            pipe = self._tiny_pipeline()
+        elif self.weights.is_random:
+            pipe = self._random_pipeline()
+        else:
+            pipe = self._load_pipeline()
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
 
@@ -116,6 +139,33 @@ class SDXLSystem(System):
             pipe = pipe.to(dtype=self.dtype)
         return pipe
 
+    def _random_pipeline(self):
+        """Full-size SDXL with random weights, built on the target device (time-cost benchmark)."""
+        from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+        from models.cogview3.checkpoint import SDXL_VAE_CONFIG
+
+        te1 = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                             projection_dim=768, hidden_act="quick_gelu", vocab_size=CLIP_VOCAB_SIZE,
+                             bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+        te2 = CLIPTextConfig(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+                             projection_dim=1280, hidden_act="gelu", vocab_size=CLIP_VOCAB_SIZE,
+                             bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+        with torch.device(self.device):
+            unet = UNet2DConditionModel(**dict(SDXL_UNET_CONFIG, time_cond_proj_dim=self._time_cond_proj_dim()))
+            vae = AutoencoderKL(**SDXL_VAE_CONFIG)
+            text_encoder, text_encoder_2 = CLIPTextModel(te1), CLIPTextModelWithProjection(te2)
+        scheduler = EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+            prediction_type="epsilon", steps_offset=1, timestep_spacing="leading",
+        )
+        pipe = StableDiffusionXLPipeline(
+            unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, scheduler=scheduler,
+            tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(pad_token="!"), add_watermarker=False,
+        )
+        return pipe.to(dtype=self.dtype)
+
     # ---- generate ----------------------------------------------------------------------------
     def pipeline_kwargs(self) -> dict[str, Any]:
         r = self.params["resolution"]
@@ -130,3 +180,63 @@ class SDXLSystem(System):
 
     def steps_label(self) -> str:
         return str(self.params["steps"])
+
+
+class LCMSDXLSystem(SDXLSystem):
+    """LCM-SDXL (latent-consistency/lcm-sdxl): the distilled SDXL UNet with an LCM scheduler.
+
+    The UNet has a 256-d guidance embedding (``time_cond_proj_dim``), so the pipeline feeds w through
+    it and runs no CFG batch. Defaults are diffusers' documented call: 4 steps, guidance 8.0.
+    Weights: ``weights.<key>`` is the lcm-sdxl UNet folder; ``base`` names the weights entry of the
+    SDXL base folder whose text encoders, tokenizers and VAE it uses.
+    """
+
+    PARAMS = {
+        **SDXLSystem.PARAMS,
+        "steps": {"default": 4, "schema": {"type": "integer", "minimum": 1}, "doc": "LCM steps"},
+        "guidance": {"default": 8.0, "schema": {"type": "number", "minimum": 0}, "doc": "embedded guidance w"},
+        "base": {"default": "sdxl", "schema": {"type": "string"}, "doc": "weights entry of the SDXL base folder"},
+    }
+    WEIGHT_PARAMS = ("base",)
+    GUIDANCE_EMBED_DIM = 256
+
+    def _time_cond_proj_dim(self) -> int | None:
+        return self.GUIDANCE_EMBED_DIM
+
+    def _tiny_pipeline(self):
+        return self._with_lcm_scheduler(super()._tiny_pipeline())
+
+    def _random_pipeline(self):
+        return self._with_lcm_scheduler(super()._random_pipeline())
+
+    @staticmethod
+    def _with_lcm_scheduler(pipe):
+        from diffusers import LCMScheduler
+
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+        return pipe
+
+    def _load_pipeline(self):
+        from diffusers import LCMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+        base = self.component_weights("base")
+        if base.is_builtin:
+            raise HarnessError(f"systems.{self.name}: real LCM weights need a real SDXL base folder, not `{base.value}`")
+        folder = self.weights.require_dir()
+        unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+        if not (unet_dir / "config.json").is_file():
+            raise HarnessError(f"weights.{self.weights.key}: {unet_dir} has no config.json; give the latent-consistency/lcm-sdxl folder")
+        unet = UNet2DConditionModel.from_pretrained(unet_dir, local_files_only=True, torch_dtype=self.dtype)
+        if unet.config.time_cond_proj_dim != self.GUIDANCE_EMBED_DIM:
+            raise HarnessError(
+                f"weights.{self.weights.key}: the UNet in {unet_dir} has time_cond_proj_dim="
+                f"{unet.config.time_cond_proj_dim}, expected {self.GUIDANCE_EMBED_DIM} (latent-consistency/lcm-sdxl)"
+            )
+        base_dir = base.require_dir()
+        pipe = StableDiffusionXLPipeline.from_pretrained(
+            base_dir, unet=unet, torch_dtype=self.dtype, local_files_only=True, add_watermarker=False
+        )
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+        check_tokenizer_size(pipe.tokenizer, CLIP_VOCAB_SIZE, f"{base_dir}/tokenizer")
+        check_tokenizer_size(pipe.tokenizer_2, CLIP_VOCAB_SIZE, f"{base_dir}/tokenizer_2")
+        return pipe

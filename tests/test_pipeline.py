@@ -34,14 +34,17 @@ def test_smoke_dag_writes_table1_and_a_rerun_does_nothing(tmp_path, data_dir):
     header = next(line for line in table if line.startswith("| Model"))
     assert "| Model | Steps | Time cost (paper) | DrawBench Aes | DrawBench HPS v2 | DrawBench ImageReward | PartiPrompts Aes" in header
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table if line.startswith("| ")}
-    assert set(rows) == {"Model", "sdxl", "cogview3", "cogview3-official", "cogview3-distill-4+1", "cogview3-distill-8+2"}
+    assert set(rows) == {"Model", "sdxl", "stable-cascade", "lcm-sdxl", "cogview3", "cogview3-official",
+                         "cogview3-distill-4+1", "cogview3-distill-8+2"}
+    assert rows["stable-cascade"][1] == "20+10" and rows["lcm-sdxl"][1] == "4"
+    assert "(10.83 s)" in rows["stable-cascade"][2] and "(2.06 s)" in rows["lcm-sdxl"][2]
     assert [rows[s][1] for s in ("cogview3", "cogview3-official", "cogview3-distill-4+1", "cogview3-distill-8+2")] == [
         "50+10", "50+12", "4+1", "8+2"]
     assert "- cogview3-official: T_r=500: 12 steps at t=499, 457, 416, 374, 333, 291, 249, 208, 166, 124, 83, 41; blending by step" in table
     # the relay stage is its own job, reading the base stage's images
     assert len(list((tmp_path / "results" / "drawbench" / "cogview3-base" / "images").glob("*.png"))) == 2
     row = rows["sdxl"]
-    assert row[1] == "4" and "(19.67 s)" in row[2]
+    assert row[1] == "50" and "(19.67 s)" in row[2]
     assert "(N=2)" in row[3]  # DrawBench Aes filled from 2 prompts
     assert row[4] == "–" and row[6] == "–"  # PartiPrompts not configured, HPS v2 not computed yet
     assert "- metric `hpsv2` not in this config's metrics" in table

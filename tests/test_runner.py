@@ -17,7 +17,8 @@ from tests.conftest import smoke_config
 @pytest.fixture(scope="module")
 def sdxl():
     cfg = smoke_config_for_module()
-    return build_system("sdxl", cfg["systems"]["sdxl"], cfg["weights"], "cpu", "float32", batch_invariant=True).build()
+    spec = dict(cfg["systems"]["sdxl"], steps=4)  # fewer steps than the smoke profile: these tests run it often
+    return build_system("sdxl", spec, cfg["weights"], "cpu", "float32", batch_invariant=True).build()
 
 
 def smoke_config_for_module():
@@ -75,7 +76,7 @@ def test_png_bytes_do_not_depend_on_batch_size_or_shards(tmp_path, sdxl):
 def test_batched_mode_draws_the_same_images_up_to_float_rounding(tmp_path):
     """Without batch_invariant the noise is still per sample; only kernel rounding differs (<= 1-2 LSB)."""
     cfg = smoke_config(tmp_path, num_prompts=4, batch_invariant=False)
-    sys = build_system("sdxl", cfg["systems"]["sdxl"], cfg["weights"], "cpu", "float32", batch_invariant=False)
+    sys = build_system("sdxl", dict(cfg["systems"]["sdxl"], steps=4), cfg["weights"], "cpu", "float32", batch_invariant=False)
     seeds = [sample_seed(0, "smoke", f"s0{i}", 0) for i in range(4)]
     prompts = ["a red car", "two cats", "a sign", "a dog"]
     batched = sys.generate(prompts, seeds)

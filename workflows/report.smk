@@ -19,3 +19,15 @@ rule table1:
     run:
         write_table1(config, output[0])
         print(f"wrote {output[0]}")
+
+
+rule timecost:
+    # Runs alone (all cores) so the timings are not disturbed by other jobs.
+    output:
+        f"{REPORTS}/timecost.md",
+    params:
+        systems=config["systems"],
+        weights=config["weights"],
+    threads: workflow.cores
+    shell:
+        "{HARNESS} timecost {CLI_OPTS} --threads {threads} --out {output}"

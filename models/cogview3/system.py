@@ -67,6 +67,9 @@ class _CogView3(System):
         dim = self.GUIDANCE_EMBED_DIM if self.params["distilled"] else None
         if self.weights.is_tiny:
             self.unet = build_unet(tiny_unet_config(dim), seed=_tiny_seed(self.weights.key))
+        elif self.weights.is_random:
+            with torch.device(self.device):
+                self.unet = build_unet(unet_config(dim)).to(self.dtype)
         else:
             from models.cogview3.checkpoint import load_sat_unet
 
@@ -80,6 +83,8 @@ class _CogView3(System):
         t5 = self.component_weights("text_encoder")
         if t5.is_tiny:
             self.text_encoder = tiny_t5_encoder(self.device)
+        elif t5.is_random:
+            self.text_encoder = random_t5_xxl_encoder(self.device, self.dtype)
         else:
             self.text_encoder = T5TextEncoder.from_folder(t5.require_dir(), self.device, self.dtype)
 
@@ -88,6 +93,13 @@ class _CogView3(System):
             from models.sdxl import tiny_vae
 
             self.vae = tiny_vae(seed=3)
+        elif vae.is_random:
+            from diffusers import AutoencoderKL
+
+            from models.cogview3.checkpoint import SDXL_VAE_CONFIG
+
+            with torch.device(self.device):
+                self.vae = AutoencoderKL(**SDXL_VAE_CONFIG)
         else:
             from models.cogview3.checkpoint import load_sdxl_vae
 
@@ -128,6 +140,24 @@ def tiny_t5_encoder(device: torch.device) -> T5TextEncoder:
     )
     # Tiny builds always run in fp32 (they only exist to exercise the code path on a CPU).
     return T5TextEncoder(tok, enc, device, torch.float32)
+
+
+def random_t5_xxl_encoder(device: torch.device, dtype: torch.dtype) -> T5TextEncoder:
+    """Full-size T5 v1.1 XXL encoder with random weights (time-cost benchmark).
+
+    The tokenizer is the tiny one: the encoder always sees 225 padded positions, so its cost does not
+    depend on the vocabulary the ids come from.
+    """
+    from transformers import T5Config, T5EncoderModel
+
+    from models.cogview3.conditioning import T5_MAX_LENGTH
+    from models.tokenizers import t5_tokenizer_tiny
+
+    cfg = T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                   feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+    with torch.device(device):
+        enc = T5EncoderModel(cfg).to(dtype)
+    return T5TextEncoder(t5_tokenizer_tiny(T5_MAX_LENGTH), enc, device, dtype)
 
 
 class CogView3BaseSystem(_CogView3):

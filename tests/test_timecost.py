@@ -1,0 +1,43 @@
+"""The time-cost benchmark: protocol, report, and the full-size random builds it times."""
+
+import pytest
+import torch
+
+from harness.timecost import measure, run_timecost
+from tests.conftest import smoke_config
+
+
+def test_measure_warms_up_then_times_each_repeat():
+    calls = []
+    result = measure(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=4)
+    assert len(calls) == 6 and len(result["times"]) == 4
+    assert result["min_s"] <= result["mean_s"]
+
+
+def test_report_has_ratios_from_the_same_run_and_says_it_is_not_comparable(tmp_path):
+    cfg = smoke_config(tmp_path)
+    keep = ("sdxl", "cogview3-distill-base4", "cogview3-distill-4+1")
+    cfg["systems"] = {k: cfg["systems"][k] for k in keep}
+    cfg["systems"]["sdxl"]["steps"] = 3
+    out = run_timecost(cfg, tmp_path / "timecost.md", batch=2, warmup=1, repeats=1)
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("> **These figures are not comparable to the paper's** (tiny random-weight models")
+    rows = {l.split(" | ")[0][2:]: l.split(" | ") for l in lines if l.startswith("| ") and not l.startswith("| System")}
+    assert set(rows) == {"sdxl", "cogview3-distill-4+1"}  # the base stage is part of the relay row
+    assert rows["sdxl"][4] == "1.000" and rows["sdxl"][5] == "19.67 s"
+    assert rows["cogview3-distill-4+1"][1] == "4+1" and rows["cogview3-distill-4+1"][6] == "0.075"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,spec,weights", [
+    ("sdxl", {"model": "sdxl", "steps": 1, "resolution": 64}, {"sdxl": "random"}),
+    ("cogview3-base", {"model": "cogview3-base", "steps": 1, "resolution": 64},
+     {"cogview3-base": "random", "t5": "random", "sdxl-vae": "random"}),
+])
+def test_full_size_random_builds_run_on_cpu(model, spec, weights):
+    from models.registry import build_system
+
+    system = build_system(model, spec, weights, "cpu", "float32").build()
+    n = sum(p.numel() for p in (system.pipe.unet if model == "sdxl" else system.unet).parameters())
+    assert n == {"sdxl": 2_567_463_684, "cogview3-base": 2_906_612_484}[model]
+    assert system.generate(["a red car"], [0])[0].size == (64, 64)
