@@ -1,7 +1,7 @@
 """Command line: the entry points the Snakemake rules call (and users can call directly).
 
     python -m harness generate --benchmark smoke --system sdxl [--shard 0 --shards 1]
-    python -m harness score --benchmark smoke --system sdxl --metric aesthetic
+    python -m harness score --benchmark smoke --systems sdxl cogview3 --metric aesthetic
     python -m harness table1 --out reports/table1.md
     python -m harness timecost --config config/timecost.yaml --out reports/timecost.md
     python -m harness validate --config config/paper.yaml
@@ -60,8 +60,8 @@ def cmd_score(args) -> None:
 
     cfg = _config(args)
     _threads(args.threads)
-    out = run_scoring(cfg, args.benchmark, args.system, args.metric)
-    print(f"{args.metric} scores for {args.benchmark}/{args.system} -> {out}")
+    for out in run_scoring(cfg, args.benchmark, args.systems, args.metric):
+        print(f"{args.metric} scores -> {out}")
 
 
 def cmd_table1(args) -> None:
@@ -107,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("inputs", nargs="+")
     m.set_defaults(func=cmd_merge)
 
-    s = sub.add_parser("score", help="score one benchmark/system with one metric")
+    s = sub.add_parser("score", help="score systems' images on one benchmark with one metric")
     s.add_argument("--benchmark", required=True)
-    s.add_argument("--system", required=True)
+    s.add_argument("--systems", nargs="+", required=True)
     s.add_argument("--metric", required=True)
     s.set_defaults(func=cmd_score)
 

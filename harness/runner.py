@@ -154,6 +154,8 @@ def run_generation(
     todo = [it for it in items if it.key not in done]
 
     batch_size = config["batch_size"]
+    if todo:
+        system.build()  # load weights before the clock starts: wall times are generation only
     bar = None
     if progress and todo:
         from tqdm import tqdm

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from harness.errors import HarnessError
 from harness.io import atomic_write_json, read_jsonl, sha256_file
 from harness.runner import manifest_path, system_dir
 from models.base import digest
+
+log = logging.getLogger(__name__)
 
 
 def scores_path(results_dir, benchmark: str, system: str, metric: str) -> Path:
@@ -42,62 +45,87 @@ def _read_image(path: Path, sha256: str) -> Image.Image:
         raise HarnessError(f"image {path} cannot be read ({err}); delete it and regenerate") from err
 
 
-def run_scoring(config: dict[str, Any], benchmark: str, system: str, metric: str, scorer=None) -> Path:
-    """Write ``scores/<metric>.json``; images already scored by the same scorer version are reused."""
+class ScoreCache:
+    """Scores already computed, keyed by (image sha256, prompt), for one scorer version.
+
+    Kept outside Snakemake's outputs (which it deletes before rerunning a job), so rescoring after a
+    change only scores new images. Appended after every batch; a line torn by a crash is dropped
+    and recomputed.
+    """
+
+    def __init__(self, results_dir, metric: str, scorer_digest: str, benchmark: str):
+        self.path = Path(results_dir) / ".cache" / "scores" / f"{metric}-{scorer_digest}-{benchmark}.jsonl"
+        self.scores: dict[tuple[str, str], float] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    log.warning("dropping a damaged line of the score cache %s; it will be rescored", self.path)
+                    continue
+                self.scores[(r["sha256"], r["prompt"])] = r["score"]
+
+    def add(self, items: list[tuple[str, str, float]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = self.path.is_file() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
+        with open(self.path, "a", encoding="utf-8") as f:
+            if torn:
+                f.write("\n")  # end a line a crash cut short, so new lines stay whole
+            for sha, prompt, score in items:
+                self.scores[(sha, prompt)] = score
+                f.write(json.dumps({"sha256": sha, "prompt": prompt, "score": score}) + "\n")
+
+
+def run_scoring(config: dict[str, Any], benchmark: str, systems: str | list[str], metric: str, scorer=None) -> list[Path]:
+    """Write ``scores/<metric>.json`` for each system, loading the scorer once for all of them."""
+    from tqdm import tqdm
+
     from harness.scorers.registry import build_scorer
 
+    systems = [systems] if isinstance(systems, str) else list(systems)
     results_dir = config["results_dir"]
-    rows = load_manifest_images(results_dir, benchmark, system)
+    manifests = {s: load_manifest_images(results_dir, benchmark, s) for s in systems}
     if scorer is None:
         scorer = build_scorer(metric, config["weights"], config["device"], config["dtype"], config["batch_size"])
     fingerprint = scorer.fingerprint()
     fp_digest = digest(fingerprint)
-    out = scores_path(results_dir, benchmark, system, metric)
+    cache = ScoreCache(results_dir, metric, fp_digest, benchmark)
 
-    cached: dict[tuple[str, str], float] = {}
-    if out.is_file():
-        try:
-            old = json.loads(out.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        if old.get("scorer_digest") == fp_digest:
-            cached = {(r["sha256"], r["prompt"]): r["score"] for r in old.get("rows", [])}
+    todo = [(s, r) for s in systems for r in manifests[s] if (r["sha256"], r["prompt"]) not in cache.scores]
+    bs = scorer.batch_size
+    for i in tqdm(range(0, len(todo), bs), desc=f"{metric} {benchmark}", unit="batch", disable=not todo):
+        chunk = todo[i : i + bs]
+        images = [_read_image(system_dir(results_dir, benchmark, s) / r["image"], r["sha256"]) for s, r in chunk]
+        values = scorer.score(images, [r["prompt"] for _, r in chunk])
+        cache.add([(r["sha256"], r["prompt"], float(v)) for (_, r), v in zip(chunk, values)])
 
-    base = system_dir(results_dir, benchmark, system)
-    todo = [r for r in rows if (r["sha256"], r["prompt"]) not in cached]
-    if todo:
-        from tqdm import tqdm
-
-        bs = scorer.batch_size
-        for i in tqdm(range(0, len(todo), bs), desc=f"{metric} {benchmark}/{system}", unit="batch"):
-            chunk = todo[i : i + bs]
-            images = [_read_image(base / r["image"], r["sha256"]) for r in chunk]
-            for r, s in zip(chunk, scorer.score(images, [r["prompt"] for r in chunk])):
-                cached[(r["sha256"], r["prompt"])] = float(s)
-
-    out_rows = [
-        {
-            "prompt_id": r["prompt_id"],
-            "sample": r["sample"],
-            "category": r.get("category", ""),
-            "prompt": r["prompt"],
-            "sha256": r["sha256"],
-            "score": cached[(r["sha256"], r["prompt"])],
-        }
-        for r in rows
-    ]
-    system_fps = {r["system_fingerprint"] for r in rows}
-    atomic_write_json(
-        out,
-        {
-            "metric": metric,
-            "benchmark": benchmark,
-            "system": system,
-            "system_fingerprint": sorted(system_fps),
-            "scorer_digest": fp_digest,
-            "scorer_fingerprint": fingerprint,
-            "n": len(out_rows),
-            "rows": out_rows,
-        },
-    )
-    return out
+    outs = []
+    for system in systems:
+        rows = manifests[system]
+        out_rows = [
+            {
+                "prompt_id": r["prompt_id"],
+                "sample": r["sample"],
+                "category": r.get("category", ""),
+                "prompt": r["prompt"],
+                "sha256": r["sha256"],
+                "score": cache.scores[(r["sha256"], r["prompt"])],
+            }
+            for r in rows
+        ]
+        out = scores_path(results_dir, benchmark, system, metric)
+        atomic_write_json(
+            out,
+            {
+                "metric": metric,
+                "benchmark": benchmark,
+                "system": system,
+                "system_fingerprint": sorted({r["system_fingerprint"] for r in rows}),
+                "scorer_digest": fp_digest,
+                "scorer_fingerprint": fingerprint,
+                "n": len(out_rows),
+                "rows": out_rows,
+            },
+        )
+        outs.append(out)
+    return outs

@@ -21,6 +21,16 @@ SMOKE_BANNER = (
 
 BENCHMARK_TITLES = {"drawbench": "DrawBench", "parti": "PartiPrompts", "coco5k": "COCO-5k", "smoke": "smoke set"}
 TABLE1_METRICS = (("aesthetic", "Aes"), ("hpsv2", "HPS v2"), ("imagereward", "ImageReward"))
+
+
+def table1_metrics(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """Table 1's metric columns; the HPS column reads v2.1 scores when only those are configured."""
+    out = []
+    for metric, label in TABLE1_METRICS:
+        if metric == "hpsv2" and "hpsv2" not in config["metrics"] and "hpsv21" in config["metrics"]:
+            metric, label = "hpsv21", "HPS v2.1"
+        out.append((metric, label))
+    return out
 TABLE1_BENCHMARKS = ("drawbench", "parti")
 
 
@@ -98,7 +108,7 @@ def table1(config: dict[str, Any], steps_labels: dict[str, str]) -> str:
     groups = list(TABLE1_BENCHMARKS) + [b for b in config["benchmarks"] if b not in TABLE1_BENCHMARKS and b != "coco5k"]
     head = ["Model", "Steps", "Time cost (paper)"]
     for b in groups:
-        head += [f"{BENCHMARK_TITLES[b]} {label}" for _, label in TABLE1_METRICS]
+        head += [f"{BENCHMARK_TITLES[b]} {label}" for _, label in table1_metrics(config)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes: dict[str, set[str]] = {}
     digests: dict = {}
@@ -112,7 +122,7 @@ def table1(config: dict[str, Any], steps_labels: dict[str, str]) -> str:
         steps = "+".join(steps_labels.get(s, "?") for s in stage_chain(config, system))
         row = [system, steps, cost_cell]
         for b in groups:
-            for metric, _ in TABLE1_METRICS:
+            for metric, _ in table1_metrics(config):
                 cell = metric_cell(config, b, system, metric, digests)
                 if cell.note:
                     notes.setdefault(cell.note, set()).add(b)

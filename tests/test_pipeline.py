@@ -46,8 +46,8 @@ def test_smoke_dag_writes_table1_and_a_rerun_does_nothing(tmp_path, data_dir):
     row = rows["sdxl"]
     assert row[1] == "50" and "(19.67 s)" in row[2]
     assert "(N=2)" in row[3]  # DrawBench Aes filled from 2 prompts
-    assert row[4] == "–" and row[6] == "–"  # PartiPrompts not configured, HPS v2 not computed yet
-    assert "- metric `hpsv2` not in this config's metrics" in table
+    assert "(N=2)" in row[4] and row[5] == "–" and row[6] == "–"  # HPS v2 filled; ImageReward off; no Parti
+    assert "- metric `imagereward` not in this config's metrics" in table
     assert len(list((tmp_path / "results" / "drawbench" / "sdxl" / "images").glob("*.png"))) == 2
 
     rc, log = snakemake(tmp_path, "reports/table1.md", "--configfile", str(tmp_path / "c.yaml"))
@@ -67,8 +67,8 @@ def generate(cfg, system, benchmark="smoke"):
 
 
 def test_table_refuses_mixed_scorer_versions(tmp_path):
-    cfg = smoke_config(tmp_path, num_prompts=2)
-    cfg["systems"] = {"sdxl": cfg["systems"]["sdxl"], "sdxl-b": dict(cfg["systems"]["sdxl"])}
+    cfg = smoke_config(tmp_path, num_prompts=2, metrics=["aesthetic"])
+    cfg["systems"] = {"sdxl": dict(cfg["systems"]["sdxl"], steps=3), "sdxl-b": dict(cfg["systems"]["sdxl"], steps=3)}
     for name in ("sdxl", "sdxl-b"):
         generate(cfg, name)
         run_scoring(cfg, "smoke", name, "aesthetic")
@@ -84,7 +84,50 @@ def test_table_refuses_mixed_scorer_versions(tmp_path):
 
 def test_scoring_stops_on_a_missing_image(tmp_path):
     cfg = smoke_config(tmp_path, num_prompts=2)
+    cfg["systems"]["sdxl"]["steps"] = 3
     generate(cfg, "sdxl")
     (system_dir(cfg["results_dir"], "smoke", "sdxl") / "images" / "s01_0.png").unlink()
     with pytest.raises(HarnessError, match=r"s01_0.png listed in .* is missing"):
         run_scoring(cfg, "smoke", "sdxl", "aesthetic")
+
+
+class CountingScorer:
+    """A real scorer that counts the images it is asked to score."""
+
+    def __init__(self, inner):
+        self.inner, self.batch_size, self.seen = inner, inner.batch_size, 0
+
+    def fingerprint(self):
+        return self.inner.fingerprint()
+
+    def score(self, images, prompts):
+        self.seen += len(images)
+        return self.inner.score(images, prompts)
+
+
+def test_rescoring_scores_only_new_images_and_survives_a_torn_cache(tmp_path):
+    from harness.scorers.registry import build_scorer
+    from harness.scoring import ScoreCache
+
+    cfg = smoke_config(tmp_path, num_prompts=3, metrics=["aesthetic"])
+    cfg["systems"] = {"a": dict(cfg["systems"]["sdxl"], steps=2), "b": dict(cfg["systems"]["sdxl"], steps=3)}
+    for name in cfg["systems"]:
+        generate(cfg, name)
+    scorer = CountingScorer(build_scorer("aesthetic", cfg["weights"], "cpu", "float32", batch_size=2))
+    first = [json.loads(p.read_text()) for p in run_scoring(cfg, "smoke", ["a", "b"], "aesthetic", scorer=scorer)]
+    assert scorer.seen == 6 and [d["n"] for d in first] == [3, 3]
+
+    cfg["systems"]["b"]["steps"] = 4  # system b changes; a does not
+    generate(cfg, "b")
+    run_scoring(cfg, "smoke", ["a", "b"], "aesthetic", scorer=scorer)
+    assert scorer.seen == 9  # only b's three new images
+
+    cache = ScoreCache(cfg["results_dir"], "aesthetic", first[0]["scorer_digest"], "smoke")
+    with open(cache.path, "a") as f:
+        f.write('{"sha256": "abc", "pro')  # a crash mid-append
+    again = [json.loads(p.read_text()) for p in run_scoring(cfg, "smoke", ["a", "b"], "aesthetic", scorer=scorer)]
+    assert scorer.seen == 9 and again[0]["rows"] == first[0]["rows"]
+    (tmp_path / "results" / "smoke" / "a" / "images" / "s00_0.png").unlink()
+    generate(cfg, "a")  # regenerated: same bytes, so still cached
+    cache.add([("new", "prompt", 1.0)])  # appended after the torn line stays readable
+    assert ScoreCache(cfg["results_dir"], "aesthetic", first[0]["scorer_digest"], "smoke").scores[("new", "prompt")] == 1.0

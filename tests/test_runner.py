@@ -102,6 +102,9 @@ class Crashing:
     def fingerprint(self):
         return self.system.fingerprint()
 
+    def build(self):
+        return self.system.build()
+
     def generate(self, prompts, seeds, inputs=None):
         if self.calls == self.after:
             raise Interrupt()

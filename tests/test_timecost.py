@@ -29,15 +29,12 @@ def test_report_has_ratios_from_the_same_run_and_says_it_is_not_comparable(tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model,spec,weights", [
-    ("sdxl", {"model": "sdxl", "steps": 1, "resolution": 64}, {"sdxl": "random"}),
-    ("cogview3-base", {"model": "cogview3-base", "steps": 1, "resolution": 64},
-     {"cogview3-base": "random", "t5": "random", "sdxl-vae": "random"}),
-])
-def test_full_size_random_builds_run_on_cpu(model, spec, weights):
+def test_full_size_random_sdxl_runs_on_cpu():
+    """The ``random`` weights path end to end (about 14 GB of RAM). CogView3's is not run on a CPU:
+    T5-XXL alone is 19 GB in fp32; its UNet size is checked on the meta device."""
     from models.registry import build_system
 
-    system = build_system(model, spec, weights, "cpu", "float32").build()
-    n = sum(p.numel() for p in (system.pipe.unet if model == "sdxl" else system.unet).parameters())
-    assert n == {"sdxl": 2_567_463_684, "cogview3-base": 2_906_612_484}[model]
+    system = build_system("sdxl", {"model": "sdxl", "steps": 1, "resolution": 64}, {"sdxl": "random"}, "cpu", "float32")
+    system.build()
+    assert sum(p.numel() for p in system.pipe.unet.parameters()) == 2_567_463_684
     assert system.generate(["a red car"], [0])[0].size == (64, 64)

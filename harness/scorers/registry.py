@@ -12,6 +12,9 @@ from harness.errors import ConfigError
 
 SCORERS: dict[str, str] = {
     "aesthetic": "harness.scorers.aesthetic:AestheticScorer",
+    "hpsv2": "harness.scorers.hpsv2:HPSv2Scorer",
+    "hpsv21": "harness.scorers.hpsv2:HPSv21Scorer",
+    "clip_score": "harness.scorers.clip_score:CLIPScorer",
 }
 
 
