@@ -21,13 +21,16 @@ MODELS: dict[str, str] = {
 }
 
 
-def model_class(model: str, where: str = "model") -> type[System]:
-    try:
-        target = MODELS[model]
-    except KeyError:
-        raise ConfigError(f"config key {where}: unknown model {model!r}; known models: {', '.join(sorted(MODELS))}") from None
-    module_name, cls_name = target.split(":")
+def lookup(table: dict[str, str], name: str, what: str):
+    """The class a registry table names as ``"module:Class"``; an unknown name is a ConfigError."""
+    if name not in table:
+        raise ConfigError(f"{what}: unknown name {name!r}; known: {', '.join(sorted(table))}")
+    module_name, cls_name = table[name].split(":")
     return getattr(importlib.import_module(module_name), cls_name)
+
+
+def model_class(model: str, where: str = "model") -> type[System]:
+    return lookup(MODELS, model, f"config key {where}")
 
 
 def build_system(

@@ -6,8 +6,6 @@ validating a config does not import open_clip or torchmetrics.
 
 from __future__ import annotations
 
-import importlib
-
 from harness.errors import ConfigError
 
 SCORERS: dict[str, str] = {
@@ -19,12 +17,9 @@ SCORERS: dict[str, str] = {
 
 
 def scorer_class(metric: str):
-    try:
-        target = SCORERS[metric]
-    except KeyError:
-        raise ConfigError(f"unknown metric {metric!r}; known: {', '.join(sorted(SCORERS))}") from None
-    module_name, cls_name = target.split(":")
-    return getattr(importlib.import_module(module_name), cls_name)
+    from models.registry import lookup
+
+    return lookup(SCORERS, metric, "metric")
 
 
 def build_scorer(metric: str, weights: dict[str, str], device: str = "auto", dtype: str = "auto", batch_size: int = 16):
