@@ -46,8 +46,8 @@ def test_smoke_dag_writes_table1_and_a_rerun_does_nothing(tmp_path, data_dir):
     row = rows["sdxl"]
     assert row[1] == "50" and "(19.67 s)" in row[2]
     assert "(N=2)" in row[3]  # DrawBench Aes filled from 2 prompts
-    assert "(N=2)" in row[4] and row[5] == "–" and row[6] == "–"  # HPS v2 filled; ImageReward off; no Parti
-    assert "- metric `imagereward` not in this config's metrics" in table
+    assert "(N=2)" in row[4] and "(N=2)" in row[5] and row[6] == "–"  # Aes, HPS v2, ImageReward; no Parti
+    assert "- benchmark `parti` not in this config's benchmarks" in table
     assert len(list((tmp_path / "results" / "drawbench" / "sdxl" / "images").glob("*.png"))) == 2
 
     rc, log = snakemake(tmp_path, "reports/table1.md", "--configfile", str(tmp_path / "c.yaml"))

@@ -28,13 +28,14 @@ def golden_images():
 GOLDEN_PROMPTS = ["a colourful gradient", "a striped flag", "television static", "a red sky at dusk"]
 
 # Pinned outputs of the tiny (fixed random weight) builds on the images above. A library upgrade
-# that moves any of them (preprocessing, tokenizer, kernels) fails here; tolerance 1e-4 absolute
-# covers float reassociation across CPUs.
+# that moves any of them (preprocessing, tokenizer, kernels) fails here; 1e-4 absolute plus 1e-5
+# relative covers float reassociation across CPUs.
 GOLDEN = {
     "aesthetic": [0.047051933, 0.046308786, 0.047888298, 0.044361584],
     "hpsv2": [-0.116703026, -0.182689726, -0.215927452, -0.214473560],
     "hpsv21": [-0.019441461, -0.173121840, -0.125894308, -0.229699075],
     "clip_score": [4.635764122, 1.483420610, 0.0, 6.679977417],
+    "imagereward": [68.141853333, 66.877700806, 65.367126465, 66.428665161],
 }
 
 
@@ -42,7 +43,7 @@ GOLDEN = {
 def test_golden_scores_of_tiny_scorers(metric):
     scores = build_scorer(metric, {metric: "tiny"}, "cpu", "float32", batch_size=3).score(golden_images(), GOLDEN_PROMPTS)
     assert GOLDEN[metric] is not None, f"pin {metric}: {scores}"
-    np.testing.assert_allclose(scores, GOLDEN[metric], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(scores, GOLDEN[metric], atol=1e-4, rtol=1e-5)
     assert len(set(np.round(scores, 6))) == 4
 
 
@@ -93,3 +94,41 @@ def test_clip_score_is_100_times_clamped_cosine():
     want = (100 * (img * txt).sum(-1)).clamp(min=0).tolist()
     np.testing.assert_allclose(scorer.score(images, GOLDEN_PROMPTS[:2]), want, rtol=1e-5)
     assert all(s >= 0 for s in scorer.score(golden_images(), ["x"] * 4))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ImageReward") is None, reason="image-reward is not installed")
+def test_imagereward_equals_the_package_score_on_the_same_checkpoint(tmp_path, monkeypatch):
+    """The package's per-image ``ImageReward.score`` vs our batched scorer: full-size random weights."""
+    import json
+
+    from harness.scorers.imagereward import CKPT, MED_CONFIG, ImageRewardScorer
+    from harness.scorers.imagereward_compat import bert_vocab, import_imagereward
+
+    words = "[PAD] [UNK] [CLS] [SEP] [MASK] a the colourful gradient striped flag television static red sky at dusk".split()
+    (tmp_path / "bert-base-uncased").mkdir()
+    (tmp_path / "bert-base-uncased" / "vocab.txt").write_text("\n".join(words) + "\n")
+    med = {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+           "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
+           "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12,
+           "num_hidden_layers": 12, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30524,
+           "encoder_width": 768, "add_cross_attention": True}  # BLIP's med_config.json
+    (tmp_path / MED_CONFIG).write_text(json.dumps(med))
+    IR = import_imagereward()
+    torch.manual_seed(0)
+    with bert_vocab(tmp_path / "bert-base-uncased", minimum=10):
+        ref = IR.ImageReward(med_config=str(tmp_path / MED_CONFIG), device="cpu").eval()
+    torch.save(ref.state_dict(), tmp_path / CKPT)
+    with torch.no_grad():
+        want = [ref.score(p, im) for im, p in zip(golden_images(), GOLDEN_PROMPTS)]
+
+    monkeypatch.setattr("harness.scorers.imagereward_compat.MIN_BERT_VOCAB", 10)
+    import harness.scorers.imagereward_compat as compat
+
+    original = compat.bert_vocab
+    monkeypatch.setattr("harness.scorers.imagereward.bert_vocab", lambda folder: original(folder, minimum=10))
+    ours = ImageRewardScorer(WeightsSpec("imagereward", str(tmp_path)), device="cpu", dtype="float32", batch_size=4)
+    np.testing.assert_allclose(ours.score(golden_images(), GOLDEN_PROMPTS), want, atol=2e-5)
+
+    torch.save({k: v for k, v in ref.state_dict().items() if not k.startswith("mlp.")}, tmp_path / CKPT)
+    with pytest.raises(HarnessError, match="missing keys"):
+        ImageRewardScorer(WeightsSpec("imagereward", str(tmp_path)), device="cpu", dtype="float32").build()

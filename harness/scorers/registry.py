@@ -13,6 +13,7 @@ SCORERS: dict[str, str] = {
     "hpsv2": "harness.scorers.hpsv2:HPSv2Scorer",
     "hpsv21": "harness.scorers.hpsv2:HPSv21Scorer",
     "clip_score": "harness.scorers.clip_score:CLIPScorer",
+    "imagereward": "harness.scorers.imagereward:ImageRewardScorer",
 }
 
 
