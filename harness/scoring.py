@@ -89,6 +89,8 @@ def run_scoring(config: dict[str, Any], benchmark: str, systems: str | list[str]
         scorer = build_scorer(metric, config["weights"], config["device"], config["dtype"], config["batch_size"])
     fingerprint = scorer.fingerprint()
     fp_digest = digest(fingerprint)
+    if getattr(scorer, "kind", "image") == "set":
+        return _run_set_metric(config, benchmark, manifests, metric, scorer, fingerprint, fp_digest)
     cache = ScoreCache(results_dir, metric, fp_digest, benchmark)
 
     todo = [(s, r) for s in systems for r in manifests[s] if (r["sha256"], r["prompt"]) not in cache.scores]
@@ -127,5 +129,32 @@ def run_scoring(config: dict[str, Any], benchmark: str, systems: str | list[str]
                 "rows": out_rows,
             },
         )
+        outs.append(out)
+    return outs
+
+
+def _run_set_metric(config, benchmark, manifests, metric, scorer, fingerprint, fp_digest) -> list[Path]:
+    """FID/KID: each system's image set against the benchmark's reference images."""
+    from harness.prompts import load_prompts
+
+    if benchmark != "coco5k":
+        raise HarnessError(f"metric {metric!r} needs reference images, which only the coco5k benchmark has")
+    results_dir = config["results_dir"]
+    prompts = {p.id: p for p in load_prompts(benchmark, config["data_dir"], config["num_prompts"])}
+    ref_dir = Path(config["data_dir"]) / "coco" / "val2017"
+    ref_paths = [ref_dir / prompts[pid].extra["file_name"] for pid in prompts]
+    real = scorer.reference_features(ref_paths, Path(results_dir) / ".cache" / "reference")
+    outs = []
+    for system, rows in manifests.items():
+        base = system_dir(results_dir, benchmark, system)
+        fake = scorer.features([_read_image(base / r["image"], r["sha256"]) for r in rows])
+        result = scorer.compute(fake, real)
+        out = scores_path(results_dir, benchmark, system, metric)
+        atomic_write_json(out, {
+            "metric": metric, "benchmark": benchmark, "system": system, "kind": "set",
+            "system_fingerprint": sorted({r["system_fingerprint"] for r in rows}),
+            "scorer_digest": fp_digest, "scorer_fingerprint": fingerprint,
+            "n": len(rows), "n_reference": len(ref_paths), **result,
+        })
         outs.append(out)
     return outs

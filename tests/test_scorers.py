@@ -47,8 +47,22 @@ def test_golden_scores_of_tiny_scorers(metric):
     assert len(set(np.round(scores, 6))) == 4
 
 
+# Set metrics: the golden images against their mirrored-and-rotated copies as "reference".
+GOLDEN_SET = {"fid": 0.0018847455503, "kid": -0.0003445148468}
+
+
+@pytest.mark.parametrize("metric", sorted(GOLDEN_SET))
+def test_golden_values_of_tiny_set_metrics(metric):
+    from PIL import ImageOps
+
+    scorer = build_scorer(metric, {metric: "tiny"}, "cpu", "float32", batch_size=4)
+    fake = scorer.features(golden_images())
+    real = scorer.features([ImageOps.mirror(im).rotate(90) for im in golden_images()])
+    assert scorer.compute(fake, real)["value"] == pytest.approx(GOLDEN_SET[metric], abs=1e-7, rel=1e-4)
+
+
 def test_every_registered_scorer_has_a_golden():
-    assert set(GOLDEN) == set(SCORERS)
+    assert set(GOLDEN) | set(GOLDEN_SET) == set(SCORERS)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("hpsv2") is None, reason="hpsv2x is not installed")

@@ -18,6 +18,8 @@ class Scorer(ABC):
     """
 
     name: ClassVar[str]
+    #: "image": one score per image; "set": one number per image set against reference images
+    kind: ClassVar[str] = "image"
     #: does the score depend on the prompt (alignment/preference) or on the image alone
     uses_prompt: ClassVar[bool] = True
     LIBRARIES: ClassVar[tuple[str, ...]] = ()

@@ -14,6 +14,8 @@ SCORERS: dict[str, str] = {
     "hpsv21": "harness.scorers.hpsv2:HPSv21Scorer",
     "clip_score": "harness.scorers.clip_score:CLIPScorer",
     "imagereward": "harness.scorers.imagereward:ImageRewardScorer",
+    "fid": "harness.scorers.fid:FIDScorer",
+    "kid": "harness.scorers.fid:KIDScorer",
 }
 
 

@@ -1,0 +1,162 @@
+"""FID and KID of a system's COCO-5k images against the COCO val2017 reference images.
+
+Features: the standard FID Inception (``weights-inception-2015-12-05-6726825d.pth``, the TF-ported
+weights torch-fidelity/torchmetrics use) from a local file, 2048-d pool features. The statistic is
+computed by torchmetrics (``FrechetInceptionDistance``, ``KernelInceptionDistance``) from those
+features, so the math is the reference library's.
+
+Resizing recipe (recorded in the fingerprint), identical for generated and reference images:
+center crop to a square on the shorter side, resize to 299x299 with PIL bicubic, uint8 RGB.
+Reference features are computed once and cached by the content (sha256) of the reference files.
+
+Reference images: ``<data_dir>/coco/val2017/<file_name>`` for the prompts evaluated (COCO-5k pairs
+each caption with its val2017 image).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from harness.errors import HarnessError
+from harness.scorers.base import Scorer
+from models.weights import file_sha256
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+SIZE = 299
+PREPROCESSING = "center crop to square (shorter side), resize to 299x299 with PIL bicubic, uint8 RGB"
+
+
+def fid_preprocess(image: Image.Image) -> torch.Tensor:
+    image = image.convert("RGB")
+    w, h = image.size
+    s = min(w, h)
+    image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    image = image.resize((SIZE, SIZE), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+class TinyFeatures(torch.nn.Module):
+    """A fixed random conv net standing in for Inception in the smoke profile (64-d features)."""
+
+    num_features = 64
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(41)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 5, stride=4), torch.nn.ReLU(), torch.nn.Conv2d(16, 64, 5, stride=4),
+            torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.float() / 255.0)
+
+
+class Passthrough(torch.nn.Module):
+    """Hands precomputed features to torchmetrics as if they were its extractor's output."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _SetScorer(Scorer):
+    """A metric of a whole image set against reference images (``kind = "set"``)."""
+
+    kind = "set"
+    uses_prompt = False
+    LIBRARIES = ("torchmetrics", "torch-fidelity")
+
+    def _build(self) -> None:
+        if self.weights.is_tiny:
+            self.extractor = TinyFeatures()
+        else:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+
+            path = self.weights.require_file(INCEPTION_FILE)
+            self.extractor = NoTrainInceptionV3(
+                name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path)
+            )
+        self.extractor = self.extractor.eval().to(self.device)
+
+    @torch.inference_mode()
+    def features(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        self.build()
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            x = torch.stack([fid_preprocess(im) for im in images[i : i + self.batch_size]]).to(self.device)
+            out.append(self.extractor(x).reshape(x.shape[0], -1).float().cpu())
+        return torch.cat(out)
+
+    def _score_batch(self, images, prompts):
+        raise TypeError(f"{self.name} is a set metric: use compute(), not per-image scores")
+
+    def checkpoint_fingerprint(self) -> dict[str, str]:
+        if self.weights.is_tiny:
+            return {"inception": "tiny"}
+        return {INCEPTION_FILE: file_sha256(self.weights.require_file(INCEPTION_FILE))}
+
+    def preprocessing(self) -> str:
+        return PREPROCESSING
+
+    def reference_features(self, paths: list[Path], cache_dir: Path) -> torch.Tensor:
+        """Features of the reference images, cached under ``cache_dir`` by their content."""
+        from models.base import digest
+
+        h = hashlib.sha256(digest(self.fingerprint()).encode())
+        for p in paths:
+            if not p.is_file():
+                raise HarnessError(
+                    f"FID reference image {p} is missing; put the COCO val2017 images in {p.parent} "
+                    "(http://images.cocodataset.org/zips/val2017.zip)"
+                )
+            h.update(f"{p.name}={file_sha256(p)}\n".encode())
+        cache = Path(cache_dir) / f"{self.name}-ref-{h.hexdigest()[:20]}.pt"
+        if cache.is_file():
+            return torch.load(cache, weights_only=True)
+        images = []
+        for p in paths:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB"))
+        feats = self.features(images)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save(feats, tmp)
+        tmp.replace(cache)
+        return feats
+
+
+class FIDScorer(_SetScorer):
+    name = "fid"
+
+    def compute(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        metric = FrechetInceptionDistance(feature=Passthrough(fake.shape[1]))
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
+        return {"value": float(metric.compute())}
+
+
+class KIDScorer(_SetScorer):
+    name = "kid"
+
+    def compute(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        subset = min(1000, len(fake), len(real))
+        torch.manual_seed(0)  # KID's subsets are random: fix them so a rerun gives the same number
+        metric = KernelInceptionDistance(feature=Passthrough(fake.shape[1]), subset_size=subset)
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
+        mean, std = metric.compute()
+        return {"value": float(mean), "std": float(std), "subset_size": subset}

@@ -1,0 +1,113 @@
+"""FID/KID: torchmetrics' statistic on our features, the reference cache, and clear errors."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from harness.errors import HarnessError
+from harness.prompts import load_prompts
+from harness.scorers.fid import FIDScorer, KIDScorer, TinyFeatures, fid_preprocess
+from harness.scorers.registry import build_scorer
+from harness.scoring import run_scoring, scores_path
+from tests.conftest import smoke_config
+from tests.test_pipeline import generate
+
+
+def smoke_weights():
+    import yaml
+
+    from tests.conftest import ROOT
+
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["weights"]
+
+
+def coco_data_dir(tmp_path, shared, n):
+    """A data_dir with the real COCO captions and n synthetic val2017 'photos' named as COCO's."""
+    d = tmp_path / "data"
+    (d / "coco" / "val2017").mkdir(parents=True)
+    os.symlink(shared / "coco" / "coco_captions_val2017.jsonl", d / "coco" / "coco_captions_val2017.jsonl")
+    rng = np.random.RandomState(5)
+    for p in load_prompts("coco5k", d, n):
+        arr = rng.randint(0, 256, (120 + rng.randint(40), 160, 3), dtype=np.uint8)  # COCO-like, not square
+        Image.fromarray(arr).save(d / "coco" / "val2017" / p.extra["file_name"], quality=95)
+    return d
+
+
+def test_preprocessing_center_crops_and_resizes_to_299():
+    img = Image.fromarray(np.zeros((100, 300, 3), np.uint8))
+    x = fid_preprocess(img)
+    assert x.shape == (3, 299, 299) and x.dtype == torch.uint8
+
+
+def test_fid_and_kid_of_a_system_match_torchmetrics_end_to_end(tmp_path, data_dir):
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    n = 6
+    cfg = smoke_config(tmp_path, data_dir=str(coco_data_dir(tmp_path, data_dir, n)), num_prompts=n,
+                       benchmarks=["coco5k"], metrics=["fid", "kid"],
+                       weights={**smoke_weights(), "fid": "tiny", "kid": "tiny"})
+    cfg["systems"] = {"sdxl": dict(cfg["systems"]["sdxl"], steps=2)}
+    generate(cfg, "sdxl", benchmark="coco5k")
+    run_scoring(cfg, "coco5k", ["sdxl"], "fid")
+    run_scoring(cfg, "coco5k", ["sdxl"], "kid")
+    fid = json.loads(scores_path(cfg["results_dir"], "coco5k", "sdxl", "fid").read_text())
+    kid = json.loads(scores_path(cfg["results_dir"], "coco5k", "sdxl", "kid").read_text())
+    assert fid["n"] == fid["n_reference"] == n and "bicubic" in fid["scorer_fingerprint"]["preprocessing"]
+
+    # torchmetrics with the same extractor, fed the images directly
+    real = torch.stack([fid_preprocess(Image.open(p)) for p in sorted((tmp_path / "data/coco/val2017").iterdir())])
+    fake = torch.stack([fid_preprocess(Image.open(p)) for p in sorted((tmp_path / "results/coco5k/sdxl/images").iterdir())])
+    ref = FrechetInceptionDistance(feature=TinyFeatures())
+    ref.update(real, real=True)
+    ref.update(fake, real=False)
+    assert fid["value"] == pytest.approx(float(ref.compute()), rel=1e-6)
+    torch.manual_seed(0)
+    ref_kid = KernelInceptionDistance(feature=TinyFeatures(), subset_size=n)
+    ref_kid.update(real, real=True)
+    ref_kid.update(fake, real=False)
+    assert kid["value"] == pytest.approx(float(ref_kid.compute()[0]), rel=1e-5, abs=1e-9)
+    assert fid["value"] > 0
+
+    cached = list((tmp_path / "results" / ".cache" / "reference").glob("fid-ref-*.pt"))
+    assert len(cached) == 1  # reference features computed once, keyed by content
+    os.remove(next((tmp_path / "data/coco/val2017").iterdir()))
+    with pytest.raises(HarnessError, match="FID reference image .* is missing"):
+        run_scoring(cfg, "coco5k", ["sdxl"], "fid")
+
+
+def test_set_metrics_refuse_benchmarks_without_references(tmp_path):
+    cfg = smoke_config(tmp_path, num_prompts=2, metrics=["fid"], weights={**smoke_weights(), "fid": "tiny"})
+    cfg["systems"] = {"sdxl": dict(cfg["systems"]["sdxl"], steps=2)}
+    generate(cfg, "sdxl")
+    with pytest.raises(HarnessError, match="only the coco5k benchmark has"):
+        run_scoring(cfg, "smoke", ["sdxl"], "fid")
+
+
+def test_real_inception_weights_load_from_a_local_file(tmp_path, monkeypatch):
+    """The real extractor path: torchmetrics' Inception with weights from a local file (here a
+    random-initialised state dict with the real keys and shapes; the real one cannot be downloaded)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    from harness.scorers.fid import INCEPTION_FILE
+
+    captured = {}
+    with monkeypatch.context() as m:  # build once without weights to learn the keys and shapes
+        m.setattr(tf_inception.torch, "load", lambda *a, **k: {})
+        m.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict",
+                  lambda self, sd, strict=True: captured.update(self.state_dict()))
+        tf_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="x")
+    torch.save(captured, tmp_path / INCEPTION_FILE)
+
+    scorer = build_scorer("fid", {"fid": str(tmp_path)}, "cpu", batch_size=2)
+    imgs = [Image.fromarray(np.random.RandomState(i).randint(0, 256, (64, 64, 3), dtype=np.uint8)) for i in range(3)]
+    feats = scorer.features(imgs)
+    assert feats.shape == (3, 2048) and torch.isfinite(feats).all()
+    assert len(scorer.fingerprint()["checkpoints"][INCEPTION_FILE]) == 64
+    with pytest.raises(HarnessError, match=INCEPTION_FILE + " is missing"):
+        (tmp_path / "elsewhere").mkdir()
+        build_scorer("kid", {"kid": str(tmp_path / "elsewhere")}, "cpu").build()
