@@ -31,8 +31,16 @@ def table1_metrics(config: dict[str, Any]) -> list[tuple[str, str]]:
             metric, label = "hpsv21", "HPS v2.1"
         out.append((metric, label))
     return out
-TABLE1_BENCHMARKS = ("drawbench", "parti")
 
+
+TABLE1_BENCHMARKS = ("drawbench", "parti")
+TABLE2_BENCHMARKS = ("coco5k",)
+
+
+def table2_metrics(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """Table 2 (COCO-5k): FID, then the Table 1 metrics; KID when configured."""
+    extra = [("kid", "KID")] if "kid" in config["metrics"] else []
+    return [("fid", "FID"), *extra, *table1_metrics(config)]
 
 
 def header_line(config: dict[str, Any]) -> str:
@@ -43,18 +51,19 @@ def header_line(config: dict[str, Any]) -> str:
 
 @dataclass
 class Cell:
-    estimate: Estimate | None
+    text: str
     note: str = ""  # why the cell is empty
+    estimate: Estimate | None = None
 
     def fmt(self) -> str:
-        return self.estimate.fmt() if self.estimate else "–"
+        return self.text
 
 
 def metric_cell(config: dict[str, Any], benchmark: str, system: str, metric: str, digests: dict) -> Cell:
     if benchmark not in config["benchmarks"]:
-        return Cell(None, f"benchmark `{benchmark}` not in this config's benchmarks")
+        return Cell("–", f"benchmark `{benchmark}` not in this config's benchmarks")
     if metric not in config["metrics"]:
-        return Cell(None, f"metric `{metric}` not in this config's metrics")
+        return Cell("–", f"metric `{metric}` not in this config's metrics")
     path = scores_path(config["results_dir"], benchmark, system, metric)
     if not path.is_file():
         raise HarnessError(f"scores file {path} is missing; run `snakemake {path}` first")
@@ -65,9 +74,13 @@ def metric_cell(config: dict[str, Any], benchmark: str, system: str, metric: str
             f"{benchmark}/{metric}: systems {prev[1]!r} and {system!r} were scored by different scorer versions "
             f"({prev[0]} vs {data['scorer_digest']}); rescore both before putting them in one column"
         )
+    if data.get("kind") == "set":  # FID / KID: one number for the image set
+        std = f" ± {data['std']:.4f}" if "std" in data else ""
+        return Cell(f"{data['value']:.4f}{std} (N={data['n']})")
     rows = data["rows"]
     values = per_prompt_means([r["prompt_id"] for r in rows], [r["score"] for r in rows])
-    return Cell(bootstrap_mean(values, seed=config["seed"]))
+    est = bootstrap_mean(values, seed=config["seed"])
+    return Cell(est.fmt(), estimate=est)
 
 
 def stage_chain(config: dict[str, Any], system: str) -> list[str]:
@@ -105,10 +118,19 @@ def time_cost(config: dict[str, Any], benchmarks: list[str], system: str) -> tup
 
 def table1(config: dict[str, Any], steps_labels: dict[str, str]) -> str:
     """Table 1: Model, Steps, Time cost, then Aes / HPS v2 / ImageReward per benchmark."""
-    groups = list(TABLE1_BENCHMARKS) + [b for b in config["benchmarks"] if b not in TABLE1_BENCHMARKS and b != "coco5k"]
+    groups = list(TABLE1_BENCHMARKS) + [b for b in config["benchmarks"] if b not in TABLE1_BENCHMARKS + TABLE2_BENCHMARKS]
+    return paper_table(config, steps_labels, "Table 1: DrawBench and PartiPrompts", groups, table1_metrics(config))
+
+
+def table2(config: dict[str, Any], steps_labels: dict[str, str]) -> str:
+    """Table 2: COCO-5k FID (and KID), Aes, HPS v2, ImageReward, time cost."""
+    return paper_table(config, steps_labels, "Table 2: COCO-5k", list(TABLE2_BENCHMARKS), table2_metrics(config))
+
+
+def paper_table(config, steps_labels, title: str, groups: list[str], metrics: list[tuple[str, str]]) -> str:
     head = ["Model", "Steps", "Time cost (paper)"]
     for b in groups:
-        head += [f"{BENCHMARK_TITLES[b]} {label}" for _, label in table1_metrics(config)]
+        head += [f"{BENCHMARK_TITLES[b]} {label}" for _, label in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes: dict[str, set[str]] = {}
     digests: dict = {}
@@ -122,18 +144,19 @@ def table1(config: dict[str, Any], steps_labels: dict[str, str]) -> str:
         steps = "+".join(steps_labels.get(s, "?") for s in stage_chain(config, system))
         row = [system, steps, cost_cell]
         for b in groups:
-            for metric, _ in table1_metrics(config):
+            for metric, _ in metrics:
                 cell = metric_cell(config, b, system, metric, digests)
                 if cell.note:
                     notes.setdefault(cell.note, set()).add(b)
                 row.append(cell.fmt())
         lines.append("| " + " | ".join(row) + " |")
 
-    out = [header_line(config), "", "# Table 1: DrawBench and PartiPrompts", ""]
+    out = [header_line(config), "", f"# {title}", ""]
     out += lines
     out += [
         "",
-        "Cells: mean [95% percentile-bootstrap CI over prompts] (N = prompts); samples of a prompt are averaged first.",
+        "Cells: mean [95% percentile-bootstrap CI over prompts] (N = prompts); samples of a prompt are averaged first. "
+        "FID/KID: one value for the image set against the reference images (KID: mean ± std over subsets).",
         "Steps of a multi-stage system are per stage (base+relay); stages that only feed another system "
         "are not rows.",
         f"Time cost: mean generation wall time per image x 4 from the manifests, on {', '.join(sorted(devices))}; "
@@ -163,12 +186,20 @@ def relay_note(config: dict[str, Any], system: str) -> str:
     return sys_obj.describe_grid() if hasattr(sys_obj, "describe_grid") else ""
 
 
-def write_table1(config: dict[str, Any], out: str | Path) -> Path:
+def steps_labels(config: dict[str, Any]) -> dict[str, str]:
     from models.registry import build_system
 
-    labels = {
+    return {
         name: build_system(name, spec, config["weights"], "cpu", "float32").steps_label()
         for name, spec in config["systems"].items()
     }
-    atomic_write_text(out, table1(config, labels))
+
+
+def write_table1(config: dict[str, Any], out: str | Path) -> Path:
+    atomic_write_text(out, table1(config, steps_labels(config)))
+    return Path(out)
+
+
+def write_table2(config: dict[str, Any], out: str | Path) -> Path:
+    atomic_write_text(out, table2(config, steps_labels(config)))
     return Path(out)

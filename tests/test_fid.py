@@ -73,6 +73,14 @@ def test_fid_and_kid_of_a_system_match_torchmetrics_end_to_end(tmp_path, data_di
     assert kid["value"] == pytest.approx(float(ref_kid.compute()[0]), rel=1e-5, abs=1e-9)
     assert fid["value"] > 0
 
+    from harness.tables import SMOKE_BANNER, table2
+
+    cfg["metrics"] = ["fid", "kid"]
+    t2 = table2(cfg, {"sdxl": "2"}).splitlines()
+    assert t2[0] == SMOKE_BANNER and "| Model | Steps | Time cost (paper) | COCO-5k FID | COCO-5k KID | COCO-5k Aes" in t2[4]
+    row = next(line for line in t2 if line.startswith("| sdxl |")).split(" | ")
+    assert row[3] == f"{fid['value']:.4f} (N={n})" and row[4].startswith(f"{kid['value']:.4f} ± ")
+
     cached = list((tmp_path / "results" / ".cache" / "reference").glob("fid-ref-*.pt"))
     assert len(cached) == 1  # reference features computed once, keyed by content
     os.remove(next((tmp_path / "data/coco/val2017").iterdir()))

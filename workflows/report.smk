@@ -1,5 +1,5 @@
 # Reports: the paper's tables from the per-image scores.
-from harness.tables import final_systems, table1_metrics, write_table1
+from harness.tables import final_systems, table1_metrics, table2_metrics, write_table1, write_table2
 
 
 def table1_scores(w):
@@ -18,6 +18,25 @@ rule table1:
         f"{REPORTS}/table1.md",
     run:
         write_table1(config, output[0])
+        print(f"wrote {output[0]}")
+
+
+def table2_inputs(w):
+    if "coco5k" not in config["benchmarks"]:
+        return []
+    metrics = [m for m, _ in table2_metrics(config) if m in config["metrics"]]
+    return [f"{RESULTS}/coco5k/{s}/scores/{m}.json" for s in final_systems(config) for m in metrics] + [
+        f"{RESULTS}/coco5k/{s}/manifest.jsonl" for s in config["systems"]
+    ]
+
+
+rule table2:
+    input:
+        table2_inputs,
+    output:
+        f"{REPORTS}/table2.md",
+    run:
+        write_table2(config, output[0])
         print(f"wrote {output[0]}")
 
 
