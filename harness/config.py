@@ -54,7 +54,7 @@ def apply_defaults(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Return the config with defaults filled in, or raise :class:`ConfigError` naming the bad key."""
     from harness.scorers.registry import SCORERS
-    from models.registry import model_class
+    from models.registry import model_class, system_weight_keys
 
     if not isinstance(config, dict):
         raise ConfigError("config: the top level must be a mapping of keys to values")
@@ -70,13 +70,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         if error:
             # Re-root the key at systems.<name> so the message points into the config file.
             raise ConfigError(str(error).replace("config key '", f"config key 'systems.{name}.", 1).replace("'systems." + name + ".(top level)'", f"'systems.{name}'"))
-        resolved = {**cls.resolve_params(spec, name), **spec}
-        for key in cls.weight_keys(resolved):
-            if key not in config["weights"]:
-                raise ConfigError(
-                    f"config key 'systems.{name}': weights entry {key!r} is missing under weights:; "
-                    f"add `{key}: tiny` (random offline weights) or a local path there"
-                )
+        system_weight_keys(name, spec, config["weights"])
         upstream = spec.get("input")
         if upstream is not None and upstream not in config["systems"]:
             raise ConfigError(f"config key 'systems.{name}.input': {upstream!r} is not a system in this config")

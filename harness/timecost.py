@@ -111,7 +111,7 @@ def run_timecost(config: dict[str, Any], out: str | Path, batch: int = 4, warmup
 
 
 def render(config: dict[str, Any], rows: list[dict], device, dtypes: list[str], batch: int, repeats: int) -> str:
-    weights = {v for k, v in config["weights"].items()}
+    weights = set(config["weights"].values())
     comparable = device is not None and device.type == "cuda" and "tiny" not in weights
     if comparable:
         gpu = torch.cuda.get_device_name(device)

@@ -33,6 +33,20 @@ def model_class(model: str, where: str = "model") -> type[System]:
     return lookup(MODELS, model, f"config key {where}")
 
 
+def system_weight_keys(name: str, spec: dict[str, Any], weights: dict[str, str] | None = None) -> list[str]:
+    """The ``weights:`` entries system ``name`` reads (main weights first); with ``weights``, each
+    must be present or the error names the missing entry."""
+    cls = model_class(spec.get("model", ""), f"systems.{name}.model")
+    keys = cls.weight_keys({**cls.resolve_params(spec, name), **spec})
+    for key in keys if weights is not None else ():
+        if key not in weights:
+            raise ConfigError(
+                f"config key 'systems.{name}': weights entry {key!r} is missing under weights:; "
+                f"add `{key}: tiny` (random offline weights) or a local path there"
+            )
+    return keys
+
+
 def build_system(
     name: str,
     spec: dict[str, Any],
@@ -43,11 +57,6 @@ def build_system(
 ) -> System:
     """Instantiate (not yet load) the system called ``name`` from its config ``spec``."""
     cls = model_class(spec.get("model", ""), f"systems.{name}.model")
-    weights_key = spec.get("weights", spec["model"])
-    if weights_key not in weights:
-        raise ConfigError(
-            f"config key systems.{name}.weights: no entry {weights_key!r} under weights:; "
-            f"add `weights: {{{weights_key}: tiny}}` or a local path"
-        )
+    weights_key = system_weight_keys(name, spec, weights)[0]
     return cls(name, spec, WeightsSpec(weights_key, str(weights[weights_key])), device=device, dtype=dtype,
                batch_invariant=batch_invariant, all_weights=weights)

@@ -4,13 +4,12 @@ from harness.runner import merge_manifests
 
 def system_params(w):
     """What can change a system's images: its spec, its weights entry, and the run settings."""
-    from models.registry import model_class
+    from models.registry import system_weight_keys
 
     spec = config["systems"][w.system]
-    cls = model_class(spec["model"])
     return {
         "spec": spec,
-        "weights": {k: config["weights"][k] for k in cls.weight_keys({**cls.resolve_params(spec, w.system), **spec})},
+        "weights": {k: config["weights"][k] for k in system_weight_keys(w.system, spec)},
         "run": {k: config[k] for k in ("seed", "num_prompts", "samples_per_prompt", "dtype", "device", "batch_invariant", "data_dir")},
     }
 
