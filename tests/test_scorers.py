@@ -115,18 +115,13 @@ def test_imagereward_equals_the_package_score_on_the_same_checkpoint(tmp_path, m
     """The package's per-image ``ImageReward.score`` vs our batched scorer: full-size random weights."""
     import json
 
-    from harness.scorers.imagereward import CKPT, MED_CONFIG, ImageRewardScorer
+    from harness.scorers.imagereward import BLIP_MED_CONFIG, CKPT, MED_CONFIG, ImageRewardScorer
     from harness.scorers.imagereward_compat import bert_vocab, import_imagereward
 
     words = "[PAD] [UNK] [CLS] [SEP] [MASK] a the colourful gradient striped flag television static red sky at dusk".split()
     (tmp_path / "bert-base-uncased").mkdir()
     (tmp_path / "bert-base-uncased" / "vocab.txt").write_text("\n".join(words) + "\n")
-    med = {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-           "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
-           "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12,
-           "num_hidden_layers": 12, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30524,
-           "encoder_width": 768, "add_cross_attention": True}  # BLIP's med_config.json
-    (tmp_path / MED_CONFIG).write_text(json.dumps(med))
+    (tmp_path / MED_CONFIG).write_text(json.dumps(BLIP_MED_CONFIG))
     IR = import_imagereward()
     torch.manual_seed(0)
     with bert_vocab(tmp_path / "bert-base-uncased", minimum=10):
