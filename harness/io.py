@@ -43,7 +43,9 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path, drop_damaged: bool = False) -> list[dict]:
+    """Rows of a JSON-lines file. A damaged line is an error, or (``drop_damaged``, for append-only
+    caches whose last line a crash may have cut short) dropped with a warning."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -51,10 +53,27 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
+                    if drop_damaged:
+                        import logging
+
+                        logging.getLogger(__name__).warning("dropping damaged line %d of the cache %s", n, path)
+                        continue
                     from harness.errors import HarnessError
 
                     raise HarnessError(f"{path} line {n} is not valid JSON ({err}); the file is damaged: delete it to rebuild") from err
     return rows
+
+
+def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    """Append rows to an append-only cache, first ending a line a crash cut short."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes()[-1:] == b"\n"
+    with open(path, "a", encoding="utf-8") as f:
+        if torn:
+            f.write("\n")
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from PIL import Image
 
 from harness.errors import HarnessError
-from harness.io import atomic_write_json, read_jsonl, sha256_file
+from harness.io import append_jsonl, atomic_write_json, read_jsonl, sha256_file
 from harness.runner import manifest_path, system_dir
 from models.base import digest
 
@@ -57,23 +56,13 @@ class ScoreCache:
         self.path = Path(results_dir) / ".cache" / "scores" / f"{metric}-{scorer_digest}-{benchmark}.jsonl"
         self.scores: dict[tuple[str, str], float] = {}
         if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    log.warning("dropping a damaged line of the score cache %s; it will be rescored", self.path)
-                    continue
+            for r in read_jsonl(self.path, drop_damaged=True):
                 self.scores[(r["sha256"], r["prompt"])] = r["score"]
 
     def add(self, items: list[tuple[str, str, float]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        torn = self.path.is_file() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
-        with open(self.path, "a", encoding="utf-8") as f:
-            if torn:
-                f.write("\n")  # end a line a crash cut short, so new lines stay whole
-            for sha, prompt, score in items:
-                self.scores[(sha, prompt)] = score
-                f.write(json.dumps({"sha256": sha, "prompt": prompt, "score": score}) + "\n")
+        for sha, prompt, score in items:
+            self.scores[(sha, prompt)] = score
+        append_jsonl(self.path, [{"sha256": sha, "prompt": prompt, "score": score} for sha, prompt, score in items])
 
 
 def run_scoring(config: dict[str, Any], benchmark: str, systems: str | list[str], metric: str, scorer=None) -> list[Path]:
