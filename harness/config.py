@@ -63,7 +63,12 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if error:
         raise error
     config = apply_defaults(config, schema)
+    config["expansion"] = apply_defaults(config["expansion"], schema["properties"]["expansion"])
+    _check_expansion(config["expansion"])
 
+    from harness.ablations import derive_systems
+
+    config["systems"] = derive_systems(config)
     for name, spec in config["systems"].items():
         cls = model_class(spec["model"], f"systems.{name}.model")
         error = _schema_error(spec, cls.params_schema())
@@ -83,6 +88,15 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 f"config key 'weights.{metric}': missing; metric {metric!r} needs its checkpoint path or `tiny`"
             )
     return config
+
+
+def _check_expansion(exp: dict[str, Any]) -> None:
+    if not exp["enabled"]:
+        return
+    needs = {"openai": ("base_url", "model"), "transformers": ("model_path",)}.get(exp["backend"], ())
+    for key in needs:
+        if not exp.get(key):
+            raise ConfigError(f"config key 'expansion.{key}': required by backend {exp['backend']!r}")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

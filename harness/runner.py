@@ -124,6 +124,11 @@ def run_generation(
 
     upstream_rows: dict[tuple[str, int], dict] = {}
     fingerprint = system.fingerprint()
+    expanded: dict[str, str] = {}
+    if spec.get("expand"):  # the prompt-expansion ablation: generate from the expanded prompts
+        from harness.expansion import load_expansions
+
+        expanded, fingerprint["expander"] = load_expansions(config, benchmark)
     if spec.get("input"):
         upstream_rows, fingerprint["input_fingerprint"] = load_input_images(results_dir, benchmark, spec["input"])
     fp_digest = digest(fingerprint)
@@ -131,6 +136,11 @@ def run_generation(
 
     prompts = load_prompts(benchmark, config["data_dir"], config["num_prompts"])
     items = shard_items(prompts, benchmark, config["seed"], config["samples_per_prompt"], shard, shards)
+    if expanded:
+        lacking = [p.id for p in prompts if p.id not in expanded]
+        if lacking:
+            raise HarnessError(f"expanded prompts for {benchmark} lack prompt {lacking[0]}; rerun the expansion")
+    prompt_text = {p.id: expanded.get(p.id, p.text) for p in prompts}  # the text the model sees
 
     done: dict[tuple[str, int], dict] = {}
     if state_path.is_file():
@@ -141,6 +151,8 @@ def run_generation(
                 continue  # prompt set was limited differently last time
             if row["system_fingerprint"] != fp_digest:
                 continue  # made by another version of the system: regenerate
+            if row["prompt"] != prompt_text[row["prompt_id"]]:
+                continue  # the prompt text changed (e.g. another prompt file version): regenerate
             path = out_dir / row["image"]
             if not path.is_file():
                 log.warning("image %s listed in %s is missing; regenerating it", path, state_path)
@@ -170,21 +182,23 @@ def run_generation(
                 raise HarnessError(f"input system {spec['input']!r} has no image for prompt {missing[0][0]} sample {missing[0][1]}")
             up = system_dir(results_dir, benchmark, spec["input"])
             inputs = [_open_checked(up / upstream_rows[it.key]["image"], upstream_rows[it.key]["sha256"]) for it in batch]
-        texts = [it.prompt.text for it in batch]
+        texts = [prompt_text[it.prompt.id] for it in batch]
         t0 = time.perf_counter()
         images = system.generate(texts, [it.seed for it in batch], inputs)
         wall = time.perf_counter() - t0
         if len(images) != len(batch):
             raise RuntimeError(f"system {system_name} returned {len(images)} images for a batch of {len(batch)}")
-        for it, image in zip(batch, images):
+        for it, text, image in zip(batch, texts, images):
             rel = f"images/{image_name(it.prompt.id, it.sample)}"
             sha = save_png(image, out_dir / rel)
             done[it.key] = {
                 "prompt_index": it.index,
                 "prompt_id": it.prompt.id,
                 "sample": it.sample,
-                "prompt": it.prompt.text,
+                "prompt": text,  # as the model saw it
+                "original_prompt": it.prompt.text,
                 "category": it.prompt.category,
+                "challenge": it.prompt.challenge,
                 "seed": it.seed,
                 "system": system_name,
                 "system_fingerprint": fp_digest,

@@ -129,6 +129,15 @@ class System(ABC):
     IS_STAGE: ClassVar[bool] = False
     #: parameters whose value names another entry under ``weights:`` (text encoder, VAE, ...)
     WEIGHT_PARAMS: ClassVar[tuple[str, ...]] = ()
+    #: how many tokens the text encoder reads; longer prompts are truncated (counted in reports)
+    TEXT_LIMIT: ClassVar[int] = 77
+    #: parameters every system takes, whatever its model (they change the prompts, not the model)
+    COMMON_PARAMS: ClassVar[dict[str, dict[str, Any]]] = {
+        "expand": {"default": False, "schema": {"type": "boolean"},
+                   "doc": "generate from the expanded prompts (config `expansion:`) instead of the originals"},
+        "ablation": {"default": None, "schema": {"enum": ["tr_sweep", "expansion"]},
+                     "doc": "set by the harness on systems it derives for an ablation; they are not table rows"},
+    }
 
     def __init__(
         self,
@@ -152,19 +161,19 @@ class System(ABC):
     # ---- parameters -------------------------------------------------------------------------
     @classmethod
     def resolve_params(cls, params: dict[str, Any], system_name: str) -> dict[str, Any]:
-        unknown = sorted(set(params) - set(cls.PARAMS) - {"model", "weights"})
+        unknown = sorted(set(params) - set(cls.PARAMS) - set(cls.COMMON_PARAMS) - {"model", "weights"})
         if unknown:
             raise ConfigError(
                 f"config key systems.{system_name}.{unknown[0]}: unknown parameter for model "
                 f"{params.get('model')!r}; known: {', '.join(sorted(cls.PARAMS))}"
             )
-        out = {k: spec["default"] for k, spec in cls.PARAMS.items()}
-        out.update({k: v for k, v in params.items() if k in cls.PARAMS})
+        out = {k: spec["default"] for k, spec in {**cls.COMMON_PARAMS, **cls.PARAMS}.items()}
+        out.update({k: v for k, v in params.items() if k in cls.PARAMS or k in cls.COMMON_PARAMS})
         return out
 
     @classmethod
     def params_schema(cls) -> dict[str, Any]:
-        props = {k: spec["schema"] for k, spec in cls.PARAMS.items()}
+        props = {k: spec["schema"] for k, spec in {**cls.COMMON_PARAMS, **cls.PARAMS}.items()}
         props["model"] = {"type": "string"}
         props["weights"] = {"type": "string"}
         return {"type": "object", "properties": props, "additionalProperties": False, "required": ["model"]}
@@ -175,6 +184,16 @@ class System(ABC):
         return [params.get("weights", params["model"])] + [
             params.get(p, cls.PARAMS[p]["default"]) for p in cls.WEIGHT_PARAMS
         ]
+
+    @classmethod
+    def text_tokenizer(cls, params: dict[str, Any], weights: dict[str, str]):
+        """The tokenizer of the text encoder that reads the prompt (to count truncated prompts).
+
+        Loads only the tokenizer (from the weights folder, or the tiny build's), never the model.
+        """
+        from models.tokenizers import clip_tokenizer
+
+        return clip_tokenizer()
 
     def component_weights(self, param: str) -> WeightsSpec:
         key = self.params[param]

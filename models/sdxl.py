@@ -8,6 +8,7 @@ Defaults are the model card's: 50 steps, guidance 5.0, 1024x1024 (``../shared/re
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -70,6 +71,21 @@ class SDXLSystem(System):
         "guidance": {"default": 5.0, "schema": {"type": "number", "minimum": 0}, "doc": "CFG scale (model card: 5.0)"},
         "resolution": {"default": 1024, "schema": RESOLUTION_SCHEMA, "doc": "output height = width, pixels"},
     }
+
+    @classmethod
+    def _tokenizer_folder(cls, params, weights) -> str:
+        return str(weights.get(params.get("weights", params["model"]), "tiny"))
+
+    @classmethod
+    def text_tokenizer(cls, params, weights):
+        folder = cls._tokenizer_folder(params, weights)
+        if folder in ("tiny", "random"):
+            return super().text_tokenizer(params, weights)
+        from transformers import CLIPTokenizer
+
+        tok = CLIPTokenizer.from_pretrained(Path(folder) / "tokenizer", local_files_only=True)
+        check_tokenizer_size(tok, CLIP_VOCAB_SIZE, f"{folder}/tokenizer")
+        return tok
 
     # ---- build -------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -199,6 +215,10 @@ class LCMSDXLSystem(SDXLSystem):
     }
     WEIGHT_PARAMS = ("base",)
     GUIDANCE_EMBED_DIM = 256
+
+    @classmethod
+    def _tokenizer_folder(cls, params, weights) -> str:
+        return str(weights.get(params.get("base", cls.PARAMS["base"]["default"]), "tiny"))
 
     def _time_cond_proj_dim(self) -> int | None:
         return self.GUIDANCE_EMBED_DIM

@@ -77,6 +77,20 @@ class StableCascadeSystem(System):
     def gpu_dtype(self) -> torch.dtype:
         return torch.bfloat16  # the prior overflows in fp16
 
+    @classmethod
+    def text_tokenizer(cls, params, weights):
+        root = str(weights.get(params.get("weights", params["model"]), "tiny"))
+        if root in ("tiny", "random"):
+            return super().text_tokenizer(params, weights)
+        from pathlib import Path
+
+        from transformers import CLIPTokenizer
+
+        folder = Path(root) / "stable-cascade-prior" / "tokenizer"
+        tok = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+        check_tokenizer_size(tok, CLIP_VOCAB_SIZE, str(folder))
+        return tok
+
     def _build(self) -> None:
         if self.weights.is_tiny:
             parts = self._tiny_components()

@@ -14,14 +14,29 @@ def system_params(w):
     }
 
 
-def upstream_manifest(w):
-    up = config["systems"][w.system].get("input")
-    return [f"{RESULTS}/{w.benchmark}/{up}/manifest.jsonl"] if up else []
+def generation_inputs(w):
+    """The upstream stage's manifest (relay systems) and the expanded prompts (expand: true)."""
+    spec = config["systems"][w.system]
+    out = [f"{RESULTS}/{w.benchmark}/{spec['input']}/manifest.jsonl"] if spec.get("input") else []
+    if spec.get("expand"):
+        out.append(f"{RESULTS}/{w.benchmark}/expansions.jsonl")
+    return out
+
+
+rule expand_prompts:
+    # The cache under results/.cache/expansions survives reruns; this snapshot is what generation reads.
+    output:
+        f"{RESULTS}/{{benchmark}}/expansions.jsonl",
+    params:
+        expansion=config["expansion"],
+        run={k: config[k] for k in ("num_prompts", "data_dir")},
+    shell:
+        "{HARNESS} expand {CLI_OPTS} --benchmark {wildcards.benchmark}"
 
 
 rule generate_shard:
     input:
-        upstream_manifest,
+        generation_inputs,
     output:
         f"{RESULTS}/{{benchmark}}/{{system}}/manifest.shard-{{shard}}-of-{{shards}}.jsonl",
     params:

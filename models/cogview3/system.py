@@ -28,7 +28,7 @@ from PIL import Image
 
 from harness.errors import ConfigError
 from models.base import System, generators, move, randn
-from models.cogview3.conditioning import T5TextEncoder, guidance_embedding, size_vector
+from models.cogview3.conditioning import T5TextEncoder, guidance_embedding, size_vector, T5_MAX_LENGTH
 from models.cogview3.denoiser import CogView3Denoiser
 from models.cogview3.sampling import ddim_sample, relay_sample
 from models.cogview3.schedule import relay_timesteps, timesteps
@@ -60,8 +60,26 @@ class _CogView3(System):
     LIBRARIES = ("diffusers", "transformers")
     GUIDANCE_EMBED_DIM: int
 
+    TEXT_LIMIT = T5_MAX_LENGTH
+
     def gpu_dtype(self) -> torch.dtype:
         return torch.bfloat16  # the reference runs fp16; bf16 avoids the fp16 overflow of T5-XXL
+
+    @classmethod
+    def text_tokenizer(cls, params, weights):
+        from models.tokenizers import check_tokenizer_size, t5_tokenizer_tiny
+
+        key = params.get("text_encoder", cls.PARAMS["text_encoder"]["default"])
+        folder = str(weights.get(key, "tiny"))
+        if folder in ("tiny", "random"):
+            return t5_tokenizer_tiny(T5_MAX_LENGTH)
+        from pathlib import Path
+
+        from transformers import T5Tokenizer
+
+        tok = T5Tokenizer.from_pretrained(Path(folder) / "tokenizer", local_files_only=True)
+        check_tokenizer_size(tok, 32000, f"{folder}/tokenizer")
+        return tok
 
     def _build(self) -> None:
         dim = self.GUIDANCE_EMBED_DIM if self.params["distilled"] else None
