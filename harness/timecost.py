@@ -22,19 +22,13 @@ from typing import Any, Callable
 import torch
 
 from harness.io import atomic_write_text
+from harness.paper import paper_values
 from harness.prompts import load_prompts
 from harness.seeds import sample_seed
 
 #: Table 1 time cost of the paper (seconds per batch of 4 on one A100), by the system names of
 #: config/paper.yaml. Source: arXiv 2403.05121 Table 1, as quoted in the project's baseline issue.
-PAPER_TIME_COST_S = {
-    "sdxl": 19.67,
-    "stable-cascade": 10.83,
-    "cogview3": 10.33,
-    "lcm-sdxl": 2.06,
-    "cogview3-distill-4+1": 1.47,
-    "cogview3-distill-8+2": 1.96,
-}
+PAPER_TIME_COST_S = paper_values()["time_cost_s"]  # Table 1 (one A100, batch 4)
 
 
 def _sync(device: torch.device) -> None:
@@ -85,7 +79,7 @@ def measure(call: Callable[[], Any], device: torch.device, warmup: int = 1, repe
 
 
 def run_timecost(config: dict[str, Any], out: str | Path, batch: int = 4, warmup: int = 1, repeats: int = 3) -> Path:
-    from harness.tables import final_systems, stage_chain
+    from harness.tables import final_systems
 
     # Prompt content does not change the cost (T5 and CLIP always see padded sequences).
     prompts = [p.text for p in load_prompts("smoke")[:batch]]
