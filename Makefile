@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup demo test test-slow regression clean
 
 $(BIN)/.installed: requirements/base.txt requirements/lock.txt requirements/nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,12 @@ $(BIN)/.installed: requirements/base.txt requirements/lock.txt requirements/node
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/snakemake --cores all reports/table1.md
-	@echo "--> reports/table1.md"
+	$(BIN)/snakemake --cores all reports/table1.md reports/table3.md reports/ablation_expansion.md
+	@echo "--> reports/table1.md, reports/table3.md, reports/ablation_expansion.md"
+
+# The CI gate: exits non-zero when a metric leaves its band (reports/regression.{md,json,junit.xml}).
+regression: setup
+	$(BIN)/snakemake --cores all --keep-incomplete --forcerun regression reports/regression.md
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -25,5 +29,6 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
-clean:
-	rm -rf results reports .snakemake
+clean:  # keeps reports/golden (committed)
+	rm -rf results .snakemake
+	find reports -mindepth 1 -maxdepth 1 ! -name golden -exec rm -rf {} + 2>/dev/null || true

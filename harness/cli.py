@@ -2,8 +2,11 @@
 
     python -m harness generate --benchmark smoke --system sdxl [--shard 0 --shards 1]
     python -m harness score --benchmark smoke --systems sdxl cogview3 --metric aesthetic
-    python -m harness table1 --out reports/table1.md
+    python -m harness table1 --out reports/table1.md        (also table2, table3, ablation-expansion)
+    python -m harness expand --benchmark drawbench
+    python -m harness regression --out reports/regression.md [--update-golden]
     python -m harness timecost --config config/timecost.yaml --out reports/timecost.md
+    python -m harness scorer-speed --out reports/scorer_speed.md [--scale small]
     python -m harness validate --config config/paper.yaml
 
 The config is read from ``--config`` (YAML; default config/config.yaml) or from the snapshot the
@@ -64,11 +67,30 @@ def cmd_score(args) -> None:
         print(f"{args.metric} scores -> {out}")
 
 
-def cmd_table1(args) -> None:
-    from harness.tables import write_table1
+def cmd_table(args) -> None:
+    from harness import tables
+    from harness.expansion_report import write_expansion_report
 
-    out = write_table1(_config(args), args.out)
-    print(f"wrote {out}")
+    writers = {"table1": tables.write_table1, "table2": tables.write_table2, "table3": tables.write_table3,
+               "ablation-expansion": write_expansion_report}
+    out = writers[args.command](_config(args), args.out)
+    print(f"wrote {out} (and its companion files)")
+
+
+def cmd_expand(args) -> None:
+    from harness.expansion import run_expansion
+
+    out = run_expansion(_config(args), args.benchmark)
+    print(f"expanded prompts -> {out}")
+
+
+def cmd_regression(args) -> int:
+    from harness.regression import run_regression
+
+    ok = run_regression(_config(args), args.out, update_golden=args.update_golden)
+    print(open(args.out).read())
+    print(f"wrote {args.out} (+ .json, .junit.xml): {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
 
 
 def cmd_timecost(args) -> None:
@@ -77,6 +99,15 @@ def cmd_timecost(args) -> None:
     cfg = _config(args)
     _threads(args.threads)
     out = run_timecost(cfg, args.out, batch=args.batch, warmup=args.warmup, repeats=args.repeats)
+    print(f"wrote {out}")
+
+
+def cmd_scorer_speed(args) -> None:
+    from harness.scorer_speed import run_scorer_speed
+
+    _threads(args.threads)
+    out = run_scorer_speed(_config(args), args.out, metrics=args.metrics, n_images=args.images,
+                           image_size=args.image_size, batch_size=args.batch_size, scale=args.scale, device=args.device)
     print(f"wrote {out}")
 
 
@@ -113,9 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metric", required=True)
     s.set_defaults(func=cmd_score)
 
-    t = sub.add_parser("table1", help="write Table 1")
-    t.add_argument("--out", required=True)
-    t.set_defaults(func=cmd_table1)
+    for name, what in (("table1", "Table 1 (DrawBench, PartiPrompts)"), ("table2", "Table 2 (COCO-5k)"),
+                       ("table3", "Table 3 (the T_r sweep)"), ("ablation-expansion", "the prompt-expansion ablation")):
+        t = sub.add_parser(name, help=f"write {what} with its CSV/LaTeX/plot companions")
+        t.add_argument("--out", required=True)
+        t.set_defaults(func=cmd_table)
+
+    e = sub.add_parser("expand", help="expand a benchmark's prompts (cached) for systems with expand: true")
+    e.add_argument("--benchmark", required=True)
+    e.set_defaults(func=cmd_expand)
+
+    r = sub.add_parser("regression", help="the regression gate: exit 1 when a threshold is breached")
+    r.add_argument("--out", default="reports/regression.md")
+    r.add_argument("--update-golden", action="store_true", help="store the current values as the golden first")
+    r.set_defaults(func=cmd_regression)
 
     c = sub.add_parser("timecost", help="time every system on one batch (the paper's protocol)")
     c.add_argument("--out", required=True)
@@ -123,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--warmup", type=int, default=1)
     c.add_argument("--repeats", type=int, default=3)
     c.set_defaults(func=cmd_timecost)
+
+    sp = sub.add_parser("scorer-speed", help="time our batched scorers against the reference per-image APIs")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--metrics", nargs="+", default=["hpsv2", "imagereward", "aesthetic", "fid"])
+    sp.add_argument("--images", type=int, default=16)
+    sp.add_argument("--image-size", type=int, default=512)
+    sp.add_argument("--batch-size", type=int, default=16)
+    sp.add_argument("--scale", choices=["full", "small"], default="full",
+                    help="random-weight architecture where the config has no real weights (default: %(default)s)")
+    sp.add_argument("--device", default="cpu")
+    sp.set_defaults(func=cmd_scorer_speed)
 
     v = sub.add_parser("validate", help="validate the config and exit")
     v.set_defaults(func=cmd_validate)
@@ -133,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        args.func(args)
+        return args.func(args) or 0
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0

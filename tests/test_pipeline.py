@@ -22,18 +22,38 @@ def snakemake(workdir, *args):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def test_smoke_dag_writes_table1_and_a_rerun_does_nothing(tmp_path, data_dir):
+def test_smoke_dag_writes_every_report_and_a_rerun_does_nothing(tmp_path, data_dir):
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg.update(data_dir=str(data_dir), benchmarks=["drawbench"], num_prompts=2)
+    cfg.update(data_dir=str(data_dir), benchmarks=["drawbench"], num_prompts=2, thresholds=str(tmp_path / "t.yaml"))
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({"golden": str(tmp_path / "golden.json"), "checks": [
+        {"metric": "*", "min": -1000.0, "max": 1000.0}]}))
 
-    rc, log = snakemake(tmp_path, "reports/table1.md", "--configfile", str(tmp_path / "c.yaml"))
+    targets = ["reports/table1.md", "reports/table3.md", "reports/ablation_expansion.md", "reports/regression.md"]
+    rc, log = snakemake(tmp_path, *targets, "--configfile", str(tmp_path / "c.yaml"))
     assert rc == 0, log
+    reports = tmp_path / "reports"
+    for name in ("table1.csv", "table1.tex", "table1_paired.csv", "table1_categories.md", "table1_categories.png",
+                 "table3.md", "table3.csv", "table3.tex", "table3.png", "ablation_expansion.md", "regression.junit.xml"):
+        assert (reports / name).stat().st_size > 0, name
+    for name in ("table3.md", "ablation_expansion.md", "regression.md", "table1_categories.md"):
+        assert (reports / name).read_text().splitlines()[0] == SMOKE_BANNER, name
+    # Table 3: one base pass for all five relay starts
+    assert len(list((tmp_path / "results" / "drawbench").glob("cogview3-base*/images/*.png"))) == 2 * 2  # + its expanded twin
+    table3 = (reports / "table3.md").read_text()
+    assert table3.count("| cogview3-tr") == 5 and "one base pass, 5 relay runs" in table3
+    assert "| 400 | cogview3-tr400 | 50+10 |" in table3
+    # per-category companion: DrawBench categories of the two prompts
+    assert "## DrawBench: Aes by category" in (reports / "table1_categories.md").read_text()
+    exp = (reports / "ablation_expansion.md").read_text()
+    assert "| cogview3 | 225 | T5Tokenizer | 0 / 2 |" in exp and "| sdxl | 77 | CLIPTokenizer" in exp
+    assert "**PASS" in (reports / "regression.md").read_text()
     table = (tmp_path / "reports" / "table1.md").read_text().splitlines()
     assert table[0] == SMOKE_BANNER
     header = next(line for line in table if line.startswith("| Model"))
     assert "| Model | Steps | Time cost (paper) | DrawBench Aes | DrawBench HPS v2 | DrawBench ImageReward | PartiPrompts Aes" in header
-    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table if line.startswith("| ")}
+    main_table = table[: table.index(next(line for line in table if line.startswith("## Paired")))]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in main_table if line.startswith("| ")}
     assert set(rows) == {"Model", "sdxl", "stable-cascade", "lcm-sdxl", "cogview3", "cogview3-official",
                          "cogview3-distill-4+1", "cogview3-distill-8+2"}
     assert rows["stable-cascade"][1] == "20+10" and rows["lcm-sdxl"][1] == "4"
@@ -48,10 +68,19 @@ def test_smoke_dag_writes_table1_and_a_rerun_does_nothing(tmp_path, data_dir):
     assert "(N=2)" in row[3]  # DrawBench Aes filled from 2 prompts
     assert "(N=2)" in row[4] and "(N=2)" in row[5] and row[6] == "–"  # Aes, HPS v2, ImageReward; no Parti
     assert "- benchmark `parti` not in this config's benchmarks" in table
+    paired = next(line for line in table if line.startswith("| DrawBench | HPS v2 |"))
+    assert paired.count("(N=2)") == 6  # cogview3 minus each of the six other rows
     assert len(list((tmp_path / "results" / "drawbench" / "sdxl" / "images").glob("*.png"))) == 2
 
-    rc, log = snakemake(tmp_path, "reports/table1.md", "--configfile", str(tmp_path / "c.yaml"))
+    rc, log = snakemake(tmp_path, *targets, "--configfile", str(tmp_path / "c.yaml"))
     assert rc == 0 and "Nothing to be done" in log, log
+
+    # A deliberately broken threshold fails the gate (non-zero exit) and the report says what moved.
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({"golden": str(tmp_path / "golden.json"), "checks": [
+        {"system": "sdxl", "metric": "imagereward", "max": -1000.0}]}))
+    rc, log = snakemake(tmp_path, "reports/regression.md", "--forcerun", "regression", "--keep-incomplete",
+                        "--configfile", str(tmp_path / "c.yaml"))
+    assert rc != 0 and "**FAIL: 1 of 1 checks breached**" in (reports / "regression.md").read_text(), log
 
     # Changing one system parameter reruns that system's jobs only.
     cfg["systems"]["sdxl"]["steps"] = 3
