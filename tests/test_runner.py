@@ -57,7 +57,8 @@ def test_manifest_rows_describe_each_image(tmp_path, sdxl):
         assert r["system_fingerprint"] == fp["digest"]
         assert r["prompt"] and r["wall_time_s"] > 0
         assert Image.open(base / r["image"]).size == (64, 64)
-    assert fp["fingerprint"]["params"] == {"steps": 4, "guidance": 5.0, "resolution": 64}
+    assert fp["fingerprint"]["params"] == {"steps": 4, "guidance": 5.0, "resolution": 64, "expand": False, "ablation": None}
+    assert r["original_prompt"] == r["prompt"]  # no expansion: the model saw the original text
     # two samples of one prompt are different images
     assert rows[0]["sha256"] != rows[1]["sha256"]
 
