@@ -33,6 +33,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.io import atomic_write_json, atomic_write_text, read_jsonl
 from harness.runner import manifest_path
 from harness.scoring import scores_path
+from harness.stats import per_prompt_table
 
 CHECK_KEYS = {"benchmark", "system", "metric", "min", "max", "tolerance", "rel_tolerance"}
 
@@ -79,10 +80,8 @@ def current_values(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 if data.get("kind") == "set":
                     value, n = float(data["value"]), int(data["n"])
                 else:
-                    by_prompt: dict[str, list[float]] = {}
-                    for r in data["rows"]:
-                        by_prompt.setdefault(r["prompt_id"], []).append(r["score"])
-                    value, n = float(np.mean([np.mean(v) for v in by_prompt.values()])), len(by_prompt)
+                    by_prompt = per_prompt_table([r["prompt_id"] for r in data["rows"]], [r["score"] for r in data["rows"]])
+                    value, n = float(np.mean(list(by_prompt.values()))), len(by_prompt)
                 out[f"{bench}/{system}/{metric}"] = {"value": value, "n": n, "images": images_digest(config, bench, system)}
     return out
 

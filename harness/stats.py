@@ -21,12 +21,18 @@ class Estimate:
         return f"{self.mean:.{digits}f} [{self.lo:.{digits}f}, {self.hi:.{digits}f}] (N={self.n})"
 
 
-def per_prompt_means(prompt_ids: Sequence[str], values: Sequence[float]) -> np.ndarray:
-    """Average the samples of each prompt, so prompts (not images) are the unit of resampling."""
+def per_prompt_table(prompt_ids: Sequence[str], values: Sequence[float]) -> dict[str, float]:
+    """prompt id -> mean of its samples."""
     groups: dict[str, list[float]] = {}
     for pid, v in zip(prompt_ids, values):
         groups.setdefault(pid, []).append(float(v))
-    return np.array([np.mean(groups[k]) for k in sorted(groups)])
+    return {k: float(np.mean(v)) for k, v in groups.items()}
+
+
+def per_prompt_means(prompt_ids: Sequence[str], values: Sequence[float]) -> np.ndarray:
+    """Average the samples of each prompt, so prompts (not images) are the unit of resampling."""
+    table = per_prompt_table(prompt_ids, values)
+    return np.array([table[k] for k in sorted(table)])
 
 
 def bootstrap_mean(values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate:
@@ -52,13 +58,6 @@ class PairedDifference:
     def fmt(self, digits: int = 3) -> str:
         p = f"p<{1 / self.n_boot:.4f}" if self.p_value == 0 else f"p={self.p_value:.3f}"  # resolution 1/n_boot
         return f"{self.diff.fmt(digits)}, {p}"
-
-
-def per_prompt_table(prompt_ids: Sequence[str], values: Sequence[float]) -> dict[str, float]:
-    groups: dict[str, list[float]] = {}
-    for pid, v in zip(prompt_ids, values):
-        groups.setdefault(pid, []).append(float(v))
-    return {k: float(np.mean(v)) for k, v in groups.items()}
 
 
 def paired_bootstrap(a: dict[str, float], b: dict[str, float], n_boot: int = 2000, seed: int = 0,
