@@ -98,23 +98,43 @@ TINY_T5_CORPUS = (
 )
 
 
+TINY_T5_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789,.'-!?\"&:;()"
+
+
+def tiny_t5_pieces() -> list[tuple[str, float]]:
+    """The tiny T5's Unigram vocabulary: every corpus word (``▁word``) and every single character.
+
+    Built by counting, not by ``tokenizers.trainers.UnigramTrainer``: that trainer returns a different
+    vocabulary in different processes (ties broken by hash order), which made every CogView3 smoke
+    image change from run to run. Scores are log relative frequencies; ties sort by the piece itself.
+    Single characters cover any word outside the corpus, so only characters outside the alphabet
+    become ``<unk>``.
+    """
+    import math
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for line in TINY_T5_CORPUS:
+        for word in line.replace(",", " ,").split():
+            counts["\u2581" + word] += 1
+            counts.update(word)
+    counts["\u2581"] += sum(1 for line in TINY_T5_CORPUS for _ in line.split())
+    for ch in TINY_T5_ALPHABET:
+        counts[ch] += 1
+    total = sum(counts.values())
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [(piece, math.log(n / total)) for piece, n in ordered]
+
+
 def t5_tokenizer_tiny(model_max_length: int):
-    """A small T5 (Unigram) tokenizer trained in memory; same class and special ids as T5 v1.1.
+    """A small T5 (Unigram) tokenizer built in memory; same class and special ids as T5 v1.1.
 
     pad=0, eos=1, unk=2 as in the real vocabulary, plus the 100 ``<extra_id_*>`` sentinels.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import T5TokenizerFast
 
-    tk = Tokenizer(models.Unigram())
-    tk.pre_tokenizer = pre_tokenizers.Metaspace()
-    tk.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=160, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
-    )
-    tk.train_from_iterator(TINY_T5_CORPUS, trainer=trainer)
-    # The trained Unigram pieces and scores are exposed through the tokenizer's JSON form.
-    pieces = [(p, float(s)) for p, s in json.loads(tk.to_str())["model"]["vocab"]]
+    # The special pieces come first so that their ids are T5's; their scores do not matter.
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + tiny_t5_pieces()
     tok = T5TokenizerFast(vocab=pieces, extra_ids=100, model_max_length=model_max_length)
     check_tokenizer_size(tok, 100 + 3 + 20, "the in-memory tiny T5 tokenizer")
     return tok
