@@ -56,3 +56,4 @@ wildcard_constraints:
 include: "workflows/generate.smk"
 include: "workflows/score.smk"
 include: "workflows/report.smk"
+include: "workflows/humaneval.smk"

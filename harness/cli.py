@@ -7,6 +7,9 @@
     python -m harness regression --out reports/regression.md [--update-golden]
     python -m harness timecost --config config/timecost.yaml --out reports/timecost.md
     python -m harness scorer-speed --out reports/scorer_speed.md [--scale small]
+    python -m harness humaneval-export --out reports/humaneval/export --key reports/humaneval/key.json
+    python -m harness humaneval-simulate --key reports/humaneval/key.json --out-dir annotations/humaneval
+    python -m harness humaneval-import --key reports/humaneval/key.json --out reports/humaneval/results.md [sheets...]
     python -m harness validate --config config/paper.yaml
 
 The config is read from ``--config`` (YAML; default config/config.yaml) or from the snapshot the
@@ -111,6 +114,34 @@ def cmd_scorer_speed(args) -> None:
     print(f"wrote {out}")
 
 
+def cmd_humaneval_export(args) -> None:
+    from harness.humaneval.export import build_export
+
+    key = build_export(_config(args), args.out, args.key)
+    n = {s: len(rows) for s, rows in key["sheets"].items()}
+    print(f"export {key['export_id']}: {len(n)} sheets ({', '.join(f'{s}: {k} pairs' for s, k in n.items())}) -> {args.out}; "
+          f"key (keep it from annotators) -> {args.key}")
+
+
+def cmd_humaneval_simulate(args) -> None:
+    from harness.humaneval.results import load_key
+    from harness.humaneval.simulate import simulate_sheets
+
+    paths = simulate_sheets(load_key(args.key), args.out_dir, consistency=args.consistency,
+                            careless=args.careless, seed=args.seed)
+    print(f"simulated {len(paths)} filled sheets -> {args.out_dir}")
+
+
+def cmd_humaneval_import(args) -> None:
+    from harness.humaneval.results import import_annotations
+
+    cfg = _config(args)
+    sheets = args.sheets or sorted(str(p) for p in Path(cfg["humaneval"]["annotations_dir"]).glob("*.csv"))
+    an = import_annotations(cfg, args.key, sheets, args.out)
+    print(f"wrote {args.out} ({len(an.files)} sheets, {sum(r.kind == 'pair' for r in an.ratings)} ratings) "
+          "and its CSV/PNG companions")
+
+
 def cmd_validate(args) -> None:
     cfg = _config(args)
     print(f"config OK: profile {cfg['profile']}, {len(cfg['systems'])} systems, benchmarks {', '.join(cfg['benchmarks'])}")
@@ -176,6 +207,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="random-weight architecture where the config has no real weights (default: %(default)s)")
     sp.add_argument("--device", default="cpu")
     sp.set_defaults(func=cmd_scorer_speed)
+
+    he = sub.add_parser("humaneval-export", help="blinded A/B sheets, annotation pages and the hidden key")
+    he.add_argument("--out", required=True, help="export folder handed to annotators")
+    he.add_argument("--key", required=True, help="key file (keep it from annotators)")
+    he.set_defaults(func=cmd_humaneval_export)
+
+    hs = sub.add_parser("humaneval-simulate", help="fill the sheets with synthetic annotators (pipeline checks)")
+    hs.add_argument("--key", required=True)
+    hs.add_argument("--out-dir", required=True)
+    hs.add_argument("--consistency", type=float, default=0.6)
+    hs.add_argument("--careless", nargs="*", default=[], help="sheets answered at random")
+    hs.add_argument("--seed", type=int, default=0)
+    hs.set_defaults(func=cmd_humaneval_simulate)
+
+    hi = sub.add_parser("humaneval-import", help="validate filled sheets, unblind, win rates and agreement")
+    hi.add_argument("--key", required=True)
+    hi.add_argument("--out", required=True)
+    hi.add_argument("sheets", nargs="*", help="filled sheets (default: every CSV in humaneval.annotations_dir)")
+    hi.set_defaults(func=cmd_humaneval_import)
 
     v = sub.add_parser("validate", help="validate the config and exit")
     v.set_defaults(func=cmd_validate)

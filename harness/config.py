@@ -65,6 +65,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     config = apply_defaults(config, schema)
     config["expansion"] = apply_defaults(config["expansion"], schema["properties"]["expansion"])
     _check_expansion(config["expansion"])
+    config["humaneval"] = apply_defaults(config["humaneval"], schema["properties"]["humaneval"])
 
     from harness.ablations import derive_systems
 

@@ -76,3 +76,41 @@ def plot_categories(records: Sequence[dict], out: Path, stamp: str = "") -> None
         ax.legend(fontsize=7, ncol=4)
     fig.tight_layout()
     _save(fig, out, stamp)
+
+
+def plot_win_rates(rates: Sequence[dict], out: Path, stamp: str = "") -> None:
+    """The paper's Fig. 4 view: one stacked horizontal bar (win / tie / lose) per comparison, a panel
+    per question, with the win share's bootstrap CI as a whisker at the win/tie boundary."""
+    plt = _pyplot()
+    questions = list(dict.fromkeys(r["question"] for r in rates))
+    comparisons = list(dict.fromkeys(r["comparison"] for r in rates))
+    colours = {"win": "#2e7d32", "tie": "#bdbdbd", "lose": "#c62828"}
+    fig, axes = plt.subplots(1, len(questions), figsize=(6.5 * len(questions), 0.55 * len(comparisons) + 1.4),
+                             squeeze=False, sharey=True)
+    for ax, q in zip(axes[0], questions):
+        by = {r["comparison"]: r for r in rates if r["question"] == q}
+        y = np.arange(len(comparisons))[::-1]
+        left = np.zeros(len(comparisons))
+        for outcome in ("win", "tie", "lose"):
+            share = np.array([by[c][outcome] if c in by else np.nan for c in comparisons])
+            ax.barh(y, share, left=left, color=colours[outcome], label=outcome, height=0.6)
+            for yi, l, s in zip(y, left, share):
+                if s >= 0.06:
+                    ax.text(l + s / 2, yi, f"{100 * s:.0f}%", ha="center", va="center", fontsize=8,
+                            color="white" if outcome != "tie" else "black")
+            left = left + np.nan_to_num(share)
+        win = np.array([by[c]["win"] for c in comparisons])
+        lo = np.array([by[c]["win_boot_lo"] for c in comparisons])
+        hi = np.array([by[c]["win_boot_hi"] for c in comparisons])
+        ok = np.isfinite(lo) & np.isfinite(hi)
+        ax.errorbar(win[ok], y[ok], xerr=[(win - lo)[ok], (hi - win)[ok]], fmt="none", ecolor="black", capsize=3, lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_yticks(y)
+        ax.set_yticklabels(comparisons, fontsize=8)
+        ax.set_xlabel("share of ratings")
+        ax.set_title({"alignment": "Prompt alignment", "aesthetics": "Aesthetic quality"}.get(q, q), fontsize=10)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle("Human evaluation: win / tie / lose of the first system (95% bootstrap CI of the win share)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    _save(fig, out, stamp)

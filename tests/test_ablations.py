@@ -37,7 +37,7 @@ def test_tr_sweep_derives_one_relay_per_point_on_the_same_base(tmp_path):
 def test_expansion_twins_follow_the_stage_chain_and_validation_is_idempotent(tmp_path):
     cfg = smoke_config(tmp_path)
     assert expansion_pairs(cfg) == [("cogview3", "cogview3-expanded"), ("sdxl", "sdxl-expanded"),
-                                    ("stable-cascade", "stable-cascade-expanded")]
+                                    ("stable-cascade", "stable-cascade-expanded"), ("lcm-sdxl", "lcm-sdxl-expanded")]
     twin = cfg["systems"]["cogview3-expanded"]
     assert twin["input"] == "cogview3-base-expanded" and twin["expand"] is True
     assert cfg["systems"]["cogview3-base-expanded"]["expand"] is True
