@@ -178,3 +178,57 @@ def test_table_renderers_write_csv_latex_and_the_paper_difference(monkeypatch):
     assert csv_lines[1].startswith("table1,drawbench,sdxl,hpsv2,0.2876,0.28,0.295,200,0.28,0.0075")
     tex = render_latex(table, "> **Smoke**")
     assert r"sdxl & 50 & $0.288_{\pm 0.007}$ \\" in tex and r"Table 1: a\_b" in tex and tex.startswith("% Smoke")
+
+
+def _tiny_chat_lm(folder, chat_template=True):
+    """A tiny GPT-2 with a word-level tokenizer and a chat template, saved like a hub folder."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from harness.expansion import chat_messages
+
+    words = sorted({w for m in chat_messages("a red car") for w in m["content"].lower().split()})
+    vocab = {t: i for i, t in enumerate(["<unk>", "<eos>", "<|system|>", "<|user|>", "<|assistant|>", *words])}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
+    if chat_template:
+        tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] | lower }} <eos> {% endfor %}"
+                             "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_positions=2048, n_embd=16, n_layer=1, n_head=2,
+                                       eos_token_id=1, bos_token_id=1))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model.eval(), tok  # eval: GPT-2's dropout would make the reference decoding random
+
+
+def test_transformers_expander_runs_a_local_chat_lm_greedily(tmp_path):
+    import torch
+
+    from harness.errors import HarnessError
+    from harness.expansion import TransformersExpander, chat_messages
+
+    model, tok = _tiny_chat_lm(tmp_path / "lm")
+    expander = TransformersExpander(str(tmp_path / "lm"), max_tokens=6, device="cpu")
+    got = expander.expand_one("a red car")
+
+    # Reference: the chat-formatted prompt by hand, then argmax decoding token by token.
+    text = "".join(f"<|{m['role']}|> {m['content'].lower()} <eos> " for m in chat_messages("a red car")) + "<|assistant|> "
+    ids = torch.tensor([tok(text)["input_ids"]])
+    n = ids.shape[1]
+    with torch.inference_mode():
+        for _ in range(6):
+            nxt = model(ids).logits[0, -1].argmax()
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+            if nxt.item() == tok.eos_token_id:
+                break
+    assert got == tok.decode(ids[0, n:], skip_special_tokens=True)
+    assert expander.fingerprint()["decoding"] == "greedy" and len(expander.digest()) == 16
+
+    _tiny_chat_lm(tmp_path / "base", chat_template=False)
+    with pytest.raises(HarnessError, match="has no chat template"):
+        TransformersExpander(str(tmp_path / "base"), device="cpu").expand_one("a red car")
+    with pytest.raises(HarnessError, match=r"expansion.model_path.*is not a folder"):
+        TransformersExpander(str(tmp_path / "missing"), device="cpu").expand_one("a red car")
