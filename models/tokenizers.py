@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
-import json
 from pathlib import Path
 
 CLIP_VOCAB_SIZE = 49408

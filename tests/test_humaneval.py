@@ -4,7 +4,6 @@ and recovery of known preferences from simulated annotators."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 
