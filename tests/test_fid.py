@@ -96,19 +96,13 @@ def test_set_metrics_refuse_benchmarks_without_references(tmp_path):
         run_scoring(cfg, "smoke", ["sdxl"], "fid")
 
 
-def test_real_inception_weights_load_from_a_local_file(tmp_path, monkeypatch):
+def test_real_inception_weights_load_from_a_local_file(tmp_path):
     """The real extractor path: torchmetrics' Inception with weights from a local file (here a
     random-initialised state dict with the real keys and shapes; the real one cannot be downloaded)."""
-    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
-
+    from harness.scorer_speed import random_inception_state_dict
     from harness.scorers.fid import INCEPTION_FILE
 
-    captured = {}
-    with monkeypatch.context() as m:  # build once without weights to learn the keys and shapes
-        m.setattr(tf_inception.torch, "load", lambda *a, **k: {})
-        m.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict",
-                  lambda self, sd, strict=True: captured.update(self.state_dict()))
-        tf_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="x")
+    captured = random_inception_state_dict()  # the real keys and shapes, random values
     torch.save(captured, tmp_path / INCEPTION_FILE)
 
     scorer = build_scorer("fid", {"fid": str(tmp_path)}, "cpu", batch_size=2)
