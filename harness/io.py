@@ -76,6 +76,18 @@ def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
             f.write(json.dumps(r) + "\n")
 
 
+def records_csv(records: list[dict]) -> str:
+    """CSV text of dict rows; the columns are every key, in first-seen order."""
+    import csv
+
+    buf = io.StringIO()
+    keys = list(dict.fromkeys(k for r in records for k in r)) or ["empty"]
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return buf.getvalue()
+
+
 def png_bytes(image: Image.Image) -> bytes:
     """Lossless PNG with no metadata (no timestamps), so equal pixels give equal bytes."""
     buf = io.BytesIO()

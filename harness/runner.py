@@ -92,7 +92,8 @@ def load_input_images(results_dir, benchmark: str, upstream: str) -> tuple[dict[
     return {(r["prompt_id"], r["sample"]): r for r in rows}, fps.pop()
 
 
-def _open_checked(path: Path, sha256: str) -> Image.Image:
+def open_checked(path: Path, sha256: str) -> Image.Image:
+    """An image a manifest lists, as RGB; missing or altered files are errors, never skipped."""
     if not path.is_file():
         raise HarnessError(f"image {path} listed in its manifest is missing; rerun its generation job")
     if sha256_file(path) != sha256:
@@ -181,7 +182,7 @@ def run_generation(
             if missing:
                 raise HarnessError(f"input system {spec['input']!r} has no image for prompt {missing[0][0]} sample {missing[0][1]}")
             up = system_dir(results_dir, benchmark, spec["input"])
-            inputs = [_open_checked(up / upstream_rows[it.key]["image"], upstream_rows[it.key]["sha256"]) for it in batch]
+            inputs = [open_checked(up / upstream_rows[it.key]["image"], upstream_rows[it.key]["sha256"]) for it in batch]
         texts = [prompt_text[it.prompt.id] for it in batch]
         t0 = time.perf_counter()
         images = system.generate(texts, [it.seed for it in batch], inputs)

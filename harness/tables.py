@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.io import atomic_write_text, read_jsonl
+from harness.io import atomic_write_text, read_jsonl, records_csv
 from harness.paper import paper_value
 from harness.runner import manifest_path, system_dir
 from harness.scoring import scores_path
@@ -358,24 +358,15 @@ def write_paper_table(config: dict[str, Any], out: str | Path, table_key: str) -
     atomic_write_text(out, render_markdown(table, banner))
     atomic_write_text(out.with_suffix(".csv"), render_csv(table))
     atomic_write_text(out.with_suffix(".tex"), render_latex(table, banner))
-    atomic_write_text(out.with_name(out.stem + "_paired.csv"), _records_csv(paired_records))
+    atomic_write_text(out.with_name(out.stem + "_paired.csv"), records_csv(paired_records))
     if table_key == "table1":
         from harness.plots import plot_categories
 
         breakdown = category_breakdown(config, reader, groups, metrics)
         atomic_write_text(out.with_name(out.stem + "_categories.md"), render_categories(config, breakdown))
-        atomic_write_text(out.with_name(out.stem + "_categories.csv"), _records_csv(breakdown))
+        atomic_write_text(out.with_name(out.stem + "_categories.csv"), records_csv(breakdown))
         plot_categories(breakdown, out.with_name(out.stem + "_categories.png"), banner_short(config))
     return out
-
-
-def _records_csv(records: list[dict]) -> str:
-    buf = io.StringIO()
-    keys = list(dict.fromkeys(k for r in records for k in r)) or ["empty"]
-    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    return buf.getvalue()
 
 
 def banner_short(config: dict[str, Any]) -> str:

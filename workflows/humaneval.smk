@@ -8,7 +8,7 @@ IMPORT_KEYS = ("attention_min", "exclude_failed_attention", "n_boot", "seed")
 
 
 def humaneval_inputs(w):
-    return [f"{RESULTS}/{config['humaneval']['benchmark']}/{s}/manifest.jsonl" for s in humaneval_systems(config)]
+    return manifests([config["humaneval"]["benchmark"]], humaneval_systems(config))  # report.smk's helper
 
 
 def filled_sheets(w):

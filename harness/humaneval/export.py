@@ -29,7 +29,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from harness.errors import ConfigError, HarnessError
-from harness.io import atomic_write_json, png_bytes, read_jsonl, sha256_file
+from harness.io import atomic_write_json, png_bytes
+from harness.runner import load_input_images, open_checked, system_dir
 
 QUESTIONS = ("alignment", "aesthetics")
 QUESTION_TEXT = {
@@ -88,34 +89,22 @@ def humaneval_systems(config: dict[str, Any]) -> list[str]:
     return sorted({s for g in comparison_groups(config) for s in (g.system_a, g.system_b)})
 
 
-def _rng(seed: int, *stream: str) -> np.random.Generator:
+def seeded_rng(seed: int, *stream: str) -> np.random.Generator:
     # One independent stream per purpose, so changing e.g. the number of annotators does not
     # change which prompts are drawn.
     h = hashlib.sha256(json.dumps([seed, *stream]).encode()).digest()
     return np.random.default_rng(int.from_bytes(h[:8], "little"))
 
 
-def _load_manifest(results_dir: Path, benchmark: str, system: str) -> dict[tuple[str, int], dict]:
-    path = results_dir / benchmark / system / "manifest.jsonl"
-    if not path.is_file():
-        raise HarnessError(f"human-eval export: system {system!r} has no manifest at {path}; generate it first")
-    rows = read_jsonl(path)
-    return {(r["prompt_id"], int(r["sample"])): {**r, "_dir": str(path.parent)} for r in rows}
+def _side(label: str, row: dict, results: Path, benchmark: str, system: str, degrade: bool = False) -> dict:
+    """One side of a pair: what the key records, and where its pixels come from."""
+    return {"system": label, "src": system_dir(results, benchmark, system) / row["image"], "sha256": row["sha256"],
+            "degrade": degrade}
 
 
-def _check_image(row: dict) -> Path:
-    path = Path(row["_dir"]) / row["image"]
-    if not path.is_file():
-        raise HarnessError(f"image {path} listed in its manifest is missing; rerun its generation job")
-    if sha256_file(path) != row["sha256"]:
-        raise HarnessError(f"image {path} does not match the sha256 in its manifest; delete it and rerun to regenerate")
-    return path
-
-
-def _blinded_png(src: Path, size: int, degrade: bool = False) -> bytes:
+def _blinded_png(image: Image.Image, size: int, degrade: bool = False) -> bytes:
     """Pixels only (no PNG text chunks), square ``size``; ``degrade`` makes an attention-check decoy."""
-    with Image.open(src) as im:
-        im = im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+    im = image.resize((size, size), Image.Resampling.LANCZOS)
     if degrade:
         # Unmistakably worse: heavy blur, then 4 colours per channel.
         im = im.filter(ImageFilter.GaussianBlur(radius=max(2, size // 12))).quantize(colors=8).convert("RGB")
@@ -144,7 +133,7 @@ def build_export(config: dict[str, Any], out_dir: str | Path, key_path: str | Pa
         raise ConfigError(f"config key 'humaneval.benchmark': {bench!r} is not in benchmarks: {config['benchmarks']}")
     results = Path(config["results_dir"])
     groups = comparison_groups(config)
-    manifests = {s: _load_manifest(results, bench, s) for s in humaneval_systems(config)}
+    manifests = {s: load_input_images(results, bench, s)[0] for s in humaneval_systems(config)}
 
     # Equal numbers per group, and the same prompts in every group: draw from the keys all share.
     shared = sorted(set.intersection(*(set(manifests[g.system_a]) & set(manifests[g.system_b]) for g in groups)))
@@ -156,9 +145,9 @@ def build_export(config: dict[str, Any], out_dir: str | Path, key_path: str | Pa
             f"config key 'humaneval.pairs_per_group': {n} pairs asked, but the compared systems share only "
             f"{len(shared)} images on {bench!r}; lower it or raise num_prompts / samples_per_prompt"
         )
-    chosen = [shared[i] for i in sorted(_rng(seed, "prompts").choice(len(shared), size=n, replace=False))]
+    chosen = [shared[i] for i in sorted(seeded_rng(seed, "prompts").choice(len(shared), size=n, replace=False))]
 
-    pair_rng = _rng(seed, "pair-ids")
+    pair_rng = seeded_rng(seed, "pair-ids")
     used_ids: set[str] = set()
 
     def new_id(prefix: str) -> str:
@@ -175,8 +164,8 @@ def build_export(config: dict[str, Any], out_dir: str | Path, key_path: str | Pa
             pairs[new_id("p")] = {
                 "kind": "pair", "group": gi, "prompt_id": pid_key[0], "sample": pid_key[1],
                 "prompt": ra.get("original_prompt", ra["prompt"]), "category": ra.get("category", ""),
-                "a": {"system": g.system_a, "src": _check_image(ra), "sha256": ra["sha256"], "degrade": False},
-                "b": {"system": g.system_b, "src": _check_image(rb), "sha256": rb["sha256"], "degrade": False},
+                "a": _side(g.system_a, ra, results, bench, g.system_a),
+                "b": _side(g.system_b, rb, results, bench, g.system_b),
             }
 
     sheets = [f"annotator-{i + 1:02d}" for i in range(hv["annotators"])]
@@ -184,11 +173,11 @@ def build_export(config: dict[str, Any], out_dir: str | Path, key_path: str | Pa
     if per_pair > len(sheets):
         raise ConfigError(f"config key 'humaneval.ratings_per_pair': {per_pair} ratings per pair need at least "
                           f"{per_pair} annotators, but humaneval.annotators is {len(sheets)}")
-    assignment = _assign(list(pairs), sheets, per_pair, _rng(seed, "assign"))
+    assignment = _assign(list(pairs), sheets, per_pair, seeded_rng(seed, "assign"))
 
     # Attention checks: an on-prompt image against a degraded image made for another prompt; the
     # on-prompt side is the right answer to both questions. Each sheet gets its own.
-    check_rng = _rng(seed, "attention")
+    check_rng = seeded_rng(seed, "attention")
     for s in sheets:
         for _ in range(hv["attention_checks"]):
             g = groups[int(check_rng.integers(len(groups)))]
@@ -199,14 +188,14 @@ def build_export(config: dict[str, Any], out_dir: str | Path, key_path: str | Pa
             pairs[pid] = {
                 "kind": "attention", "group": None, "prompt_id": chosen[i][0], "sample": chosen[i][1],
                 "prompt": ra.get("original_prompt", ra["prompt"]), "category": ra.get("category", ""),
-                "a": {"system": g.system_a, "src": _check_image(ra), "sha256": ra["sha256"], "degrade": False},
-                "b": {"system": f"decoy:{g.system_b}", "src": _check_image(rd), "sha256": rd["sha256"], "degrade": True},
+                "a": _side(g.system_a, ra, results, bench, g.system_a),
+                "b": _side(f"decoy:{g.system_b}", rd, results, bench, g.system_b, degrade=True),
             }
             assignment[s].append(pid)
 
     # Image files under opaque names (one per distinct source + treatment).
     size = int(hv["image_size"])
-    name_rng = _rng(seed, "image-names")
+    name_rng = seeded_rng(seed, "image-names")
     images: dict[tuple[str, bool], str] = {}
     for p in pairs.values():
         for side in ("a", "b"):
@@ -214,7 +203,7 @@ def build_export(config: dict[str, Any], out_dir: str | Path, key_path: str | Pa
             if k not in images:
                 images[k] = name_rng.bytes(8).hex() + ".png"
 
-    layout_rng = _rng(seed, "layout")
+    layout_rng = seeded_rng(seed, "layout")
     key_sheets: dict[str, list[dict]] = {}
     for s in sheets:
         order = list(assignment[s])
@@ -299,7 +288,9 @@ def _write_folder(out_dir: Path, key: dict[str, Any], pairs: dict[str, dict], im
             for side in ("a", "b"):
                 k = (p[side]["sha256"], p[side]["degrade"])
                 if k not in done:
-                    (tmp / "images" / images[k]).write_bytes(_blinded_png(p[side]["src"], size, p[side]["degrade"]))
+                    # Checked here, once per file: a missing or altered image stops the export.
+                    image = open_checked(p[side]["src"], p[side]["sha256"])
+                    (tmp / "images" / images[k]).write_bytes(_blinded_png(image, size, p[side]["degrade"]))
                     done.add(k)
         links = []
         for sheet in key["sheets"]:

@@ -29,10 +29,9 @@ from harness.humaneval.agreement import (
     wilson_interval,
 )
 from harness.humaneval.export import ANSWERS, QUESTIONS, SHEET_COLUMNS
-from harness.io import atomic_write_text
+from harness.io import atomic_write_text, records_csv
+from harness.tables import SMOKE_BANNER
 
-SMOKE_LINE = ("> **Smoke profile: these numbers say nothing about image quality.** The images come from tiny "
-              "random-weight models; the report only shows that the pipeline runs end to end.")
 SIMULATED_LINE = ("> **Simulated annotations** ({files}): these sheets were filled by "
                   "`python -m harness humaneval-simulate` from a known preference model, not by people.")
 
@@ -307,31 +306,15 @@ def _num(x: float, d: int = 3) -> str:
     return "n/a" if x != x else f"{x:.{d}f}"
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        atomic_write_text(path, "")
-        return
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
 def write_results(an: Analysis, out_md: str | Path, expected_sheets: Sequence[str] | None = None) -> list[Path]:
     out_md = Path(out_md)
     stem = out_md.with_suffix("")
     key = an.key
-    lines = []
-    if key.get("profile") == "smoke":
-        lines.append(SMOKE_LINE)
+    lines = [SMOKE_BANNER, ""] if key.get("profile") == "smoke" else []
     simulated = sorted(p.name for p in an.files.values() if ".simulated." in p.name)
     if simulated:
-        lines += ["" if lines else None, SIMULATED_LINE.format(files=", ".join(simulated))]
-        lines = [x for x in lines if x is not None]
-    lines += ["", f"# Human evaluation: pairwise A/B on {key['benchmark']}", ""]
+        lines += [SIMULATED_LINE.format(files=", ".join(simulated)), ""]
+    lines += [f"# Human evaluation: pairwise A/B on {key['benchmark']}", ""]
     lines.append(f"Export `{key['export_id']}`; sheets read: " + ", ".join(f"{s} (`{p.name}`)" for s, p in sorted(an.files.items())) + ".")
     not_returned = sorted(set(expected_sheets if expected_sheets is not None else key["sheets"]) - set(an.files))
     if not_returned:
@@ -380,7 +363,7 @@ def write_results(an: Analysis, out_md: str | Path, expected_sheets: Sequence[st
     for suffix, rows in (("", an.rates), ("_bt", an.bt), ("_agreement", an.agreement), ("_annotators", an.annotators),
                          ("_categories", an.categories), ("_ratings", [vars(r) for r in an.ratings])):
         p = stem.parent / f"{stem.name}{suffix}.csv"
-        _write_csv(p, rows)
+        atomic_write_text(p, records_csv(rows))
         written.append(p)
     atomic_write_text(out_md, "\n".join(lines))
     return written + [plot]

@@ -4,7 +4,7 @@ Preference model, per comparison group and question: true outcome probabilities 
 system A. Each pair gets a latent outcome drawn from them; each annotator reports that latent
 outcome with probability ``consistency`` and otherwise an independent draw from the same
 probabilities. So every single rating has exactly the group's probabilities (the win rates to
-recover), and two annotators agree beyond chance with Fleiss' kappa = consistency^2 (derivation:
+recover), and within one group two annotators agree beyond chance with Fleiss' kappa = consistency^2 (derivation:
 P(agree) = c^2 + (1 - c^2) sum p^2, chance = sum p^2).
 
 "Careless" annotators answer uniformly at random, including on attention checks, which honest
@@ -13,16 +13,13 @@ simulated annotators always pass.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from harness.humaneval.agreement import OUTCOMES
-from harness.humaneval.export import ANSWERS, QUESTIONS, SHEET_COLUMNS, sheet_rows
+from harness.humaneval.export import ANSWERS, QUESTIONS, seeded_rng, sheet_rows, write_sheet_csv
 
 #: default truth for the CLI: A preferred, more so on alignment (any values work)
 DEFAULT_TRUTH = {"alignment": (0.6, 0.15, 0.25), "aesthetics": (0.5, 0.2, 0.3)}
@@ -50,8 +47,7 @@ def simulate_sheets(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256(json.dumps([key["export_id"], seed]).encode()).digest()
-    rng = np.random.default_rng(int.from_bytes(h[:8], "little"))
+    rng = seeded_rng(seed, "simulate", key["export_id"])
 
     def probs(group: int, q: str) -> np.ndarray:
         t = truth[group][q] if group in truth else truth[q]  # type: ignore[index]
@@ -82,9 +78,6 @@ def simulate_sheets(
                     outcome = latent[(k["pair_id"], q)] if rng.random() < consistency else OUTCOMES[rng.choice(3, p=p)]
                     row[q] = _answer_for(outcome, k["a_side"])
         path = out_dir / f"{sheet}.simulated.csv"
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=SHEET_COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
+        write_sheet_csv(path, rows)
         written.append(path)
     return written
