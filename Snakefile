@@ -1,6 +1,6 @@
 # cogview3-harness: prompts -> images -> scores -> tables.
 #   snakemake --cores all reports/table1.md                                   (smoke profile)
-#   snakemake --cores all --configfile config/paper.yaml reports/table1.md    (real weights)
+#   snakemake --cores all reports/table1.md --configfile config/paper.yaml    (real weights)
 # Rules stay thin: each calls one entry point of the `harness` package.
 import json
 import os
@@ -26,6 +26,19 @@ except ConfigError as _err:
     sys.exit(f"error: {_err}")
 config.clear()
 config.update(_valid)
+
+# A real run checks every weights and data file before any job starts (the same checks as
+# `python -m harness preflight`, without hashing): all problems at once, not one per failed job.
+if config["profile"] != "smoke":
+    from harness.preflight import run_preflight
+
+    _report = run_preflight(config)
+    for _warning in _report.warnings:
+        print(f"warning: {_warning}", file=sys.stderr)
+    if not _report.ok:
+        sys.exit(f"error: preflight found {len(_report.problems)} problem(s); nothing was run:\n"
+                 + "\n".join(f"  {i}. {p}" for i, p in enumerate(_report.problems, 1))
+                 + "\nFull report with the plan: python -m harness preflight --config <your config file>")
 
 PY = sys.executable
 RESULTS = config["results_dir"]

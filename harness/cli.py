@@ -11,6 +11,7 @@
     python -m harness humaneval-simulate --key reports/humaneval/key.json --out-dir annotations/humaneval
     python -m harness humaneval-import --key reports/humaneval/key.json --out reports/humaneval/results.md [sheets...]
     python -m harness validate --config config/paper.yaml
+    python -m harness preflight --config config/paper.yaml
 
 The config is read from ``--config`` (YAML; default config/config.yaml) or from the snapshot the
 Snakefile writes (``--config-snapshot``), so a rule and a hand-run command see the same values.
@@ -142,9 +143,36 @@ def cmd_humaneval_import(args) -> None:
           "and its CSV/PNG companions")
 
 
-def cmd_validate(args) -> None:
+def cmd_validate(args) -> int:
+    """Schema and the preflight's file checks (no hashing, no plan): "OK" means a run can start."""
+    from harness.preflight import run_preflight
+
     cfg = _config(args)
-    print(f"config OK: profile {cfg['profile']}, {len(cfg['systems'])} systems, benchmarks {', '.join(cfg['benchmarks'])}")
+    report = run_preflight(cfg)
+    if not report.ok:
+        print(f"error: {len(report.problems)} problem(s) in {args.config} (details: python -m harness preflight "
+              f"--config {args.config}):", file=sys.stderr)
+        for i, problem in enumerate(report.problems, 1):
+            print(f"  {i}. {problem}", file=sys.stderr)
+        return 2
+    print(f"config OK: profile {cfg['profile']}, {len(cfg['systems'])} systems, benchmarks {', '.join(cfg['benchmarks'])}; "
+          "every weights file and prompt file is in place")
+    return 0
+
+
+def cmd_preflight(args) -> int:
+    from harness.preflight import render, run_preflight
+
+    cfg = _config(args)
+    report = run_preflight(cfg)
+    print(render(report, cfg, args.config_snapshot or args.config, hash_files=not args.no_hash))
+    return 0 if report.ok else 2
+
+
+def cmd_fixtures(args) -> None:
+    from harness.fixtures import write_fixtures
+
+    write_fixtures(Path(args.out), Path(args.data_dir) if args.data_dir else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,8 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     hi.add_argument("sheets", nargs="*", help="filled sheets (default: every CSV in humaneval.annotations_dir)")
     hi.set_defaults(func=cmd_humaneval_import)
 
-    v = sub.add_parser("validate", help="validate the config and exit")
+    v = sub.add_parser("validate", help="validate the config and check that every weights and prompt file is in place")
     v.set_defaults(func=cmd_validate)
+
+    pf = sub.add_parser("preflight", help="every missing weights/data file at once, sha256 vs pinned values, and the plan")
+    pf.add_argument("--no-hash", action="store_true", help="skip hashing the weight files (first hash of a file is slow)")
+    pf.set_defaults(func=cmd_preflight)
+
+    fx = sub.add_parser("fixtures", help="tiny random-weight checkpoints in the upstream layouts + DIR/paper-tiny.yaml")
+    fx.add_argument("--out", required=True, help="folder to write weights/, data/ and paper-tiny.yaml into")
+    fx.add_argument("--data-dir", help="folder holding the prompt files (default: data_dir of config/paper.yaml)")
+    fx.set_defaults(func=cmd_fixtures)
     return p
 
 

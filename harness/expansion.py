@@ -226,12 +226,20 @@ class TransformersExpander(Expander):
                                        pad_token_id=self._tok.pad_token_id or self._tok.eos_token_id)
         return self._tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
-    def fingerprint(self) -> dict[str, Any]:
-        from models.weights import folder_digest
+    @staticmethod
+    def model_files(path: Path):
+        """The files ``from_pretrained`` reads from a local causal-LM folder (weights, config, tokenizer)."""
+        from models.layouts import model_folder, tokenizer_folder
 
-        if not self.model_path.is_dir():
-            raise HarnessError(f"config key 'expansion.model_path': {self.model_path} is not a folder")
-        return {"backend": self.backend, "model": folder_digest(self.model_path), "max_tokens": self.max_tokens,
+        hint = "config key 'expansion.model_path' must name a local transformers causal-LM folder with a tokenizer."
+        return model_folder("expansion.model_path", path, "model", "language model", hint).merge(
+            tokenizer_folder("expansion.model_path", path, "tokenizer"))
+
+    def fingerprint(self) -> dict[str, Any]:
+        from models.weights import files_digest
+
+        files = self.model_files(self.model_path).require().files
+        return {"backend": self.backend, "model": files_digest(files, self.model_path), "max_tokens": self.max_tokens,
                 "decoding": "greedy", "instructions": _digest([SYSTEM_PROMPT, USER_TEMPLATE, FEW_SHOT])}
 
 

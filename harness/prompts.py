@@ -146,3 +146,9 @@ def load_prompts(benchmark: str, data_dir: str | Path = "data", num_prompts: int
         raise HarnessError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
     prompts = _LOADERS[benchmark](Path(data_dir))
     return prompts if num_prompts is None else prompts[:num_prompts]
+
+
+def reference_images(data_dir: str | Path, prompts: list[Prompt]) -> list[Path]:
+    """The COCO val2017 image of each COCO-5k prompt: the reference set of FID/KID."""
+    folder = Path(data_dir) / "coco" / "val2017"
+    return [folder / p.extra["file_name"] for p in prompts]

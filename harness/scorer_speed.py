@@ -149,8 +149,7 @@ def hps_case(config: dict, tmp: Path, scale: str, device: str) -> SpeedCase:
         return [float(s) for im, p in zip(images, prompts) for s in ref.score([im], p, cp=str(ckpt))]
 
     def make_ours(bs):
-        s = HPSv2Scorer(WeightsSpec("hpsv2", str(folder)), device=device, dtype="float32", batch_size=bs,
-                        architecture=arch)
+        s = HPSv2Scorer(WeightsSpec("hpsv2", str(folder)), device=device, dtype="float32", batch_size=bs)
         return s.score
 
     what = "real checkpoint" if real else f"random {arch}"

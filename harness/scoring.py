@@ -124,14 +124,12 @@ def run_scoring(config: dict[str, Any], benchmark: str, systems: str | list[str]
 
 def _run_set_metric(config, benchmark, manifests, metric, scorer, fingerprint, fp_digest) -> list[Path]:
     """FID/KID: each system's image set against the benchmark's reference images."""
-    from harness.prompts import load_prompts
+    from harness.prompts import load_prompts, reference_images
 
     if benchmark != "coco5k":
         raise HarnessError(f"metric {metric!r} needs reference images, which only the coco5k benchmark has")
     results_dir = config["results_dir"]
-    prompts = {p.id: p for p in load_prompts(benchmark, config["data_dir"], config["num_prompts"])}
-    ref_dir = Path(config["data_dir"]) / "coco" / "val2017"
-    ref_paths = [ref_dir / prompts[pid].extra["file_name"] for pid in prompts]
+    ref_paths = reference_images(config["data_dir"], load_prompts(benchmark, config["data_dir"], config["num_prompts"]))
     real = scorer.reference_features(ref_paths, Path(results_dir) / ".cache" / "reference")
     outs = []
     for system, rows in manifests.items():

@@ -18,12 +18,15 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 from PIL import Image
 
 from harness.errors import ConfigError, HarnessError
+
+if TYPE_CHECKING:
+    from models.layouts import WeightFiles
 
 TINY = "tiny"
 RANDOM = "random"  # the full-size architecture with random weights: for timing, never for scores
@@ -62,10 +65,12 @@ class WeightsSpec:
 
     def require_dir(self) -> Path:
         path = self.path
+        if path.is_file():
+            raise HarnessError(f"weights.{self.key}: {path} is a file, but a folder is expected here (README 'Weights')")
         if not path.is_dir():
             raise HarnessError(
                 f"weights.{self.key}: folder {path} does not exist; download the weights there "
-                f"(see README 'Reproducing the paper') or set weights.{self.key}: tiny for random weights"
+                f"(see README 'Weights') or set weights.{self.key}: tiny for random weights"
             )
         return path
 
@@ -74,7 +79,7 @@ class WeightsSpec:
         if not path.is_file():
             raise HarnessError(
                 f"weights.{self.key}: expected file {path} is missing; put the checkpoint there "
-                "(see README 'Reproducing the paper')"
+                "(see README 'Weights')"
             )
         return path
 
@@ -241,16 +246,56 @@ class System(ABC):
     ) -> list[Image.Image]:
         """Generate one batch; all randomness from ``generators(seeds)``."""
 
+    @classmethod
+    def unet_calls(cls, params: dict[str, Any], input_resolution: int | None = None) -> list[tuple[int, int]]:
+        """(denoiser-network evaluations per image, output resolution in px) of each denoising stage
+        this system runs itself (not its ``input`` system's); a CFG step counts 2 evaluations."""
+        raise NotImplementedError(f"{cls.__name__} does not count its UNet calls")
+
     @abstractmethod
     def steps_label(self) -> str:
         """What the paper's "Steps" column shows for this system, e.g. ``50`` or ``20+10``."""
 
+    # ---- weight files -------------------------------------------------------------------------
+    @classmethod
+    def entry_files(cls, role: str | None, key: str, path: Path) -> "WeightFiles":
+        """The files the weights entry ``key`` at ``path`` provides for ``role`` (None: the system's
+        own weights; else the ``WEIGHT_PARAMS`` name that points at it), exactly as the loader reads
+        them (:mod:`models.layouts`). Preflight checks them, fingerprints hash them."""
+        raise NotImplementedError(f"{cls.__name__} declares no weights layout")
+
+    @classmethod
+    def weight_files(cls, name: str, spec: dict[str, Any], weights: dict[str, str]) -> list["WeightFiles"]:
+        """:meth:`entry_files` of every path entry system ``name`` reads (``tiny``/``random`` skipped).
+
+        An environment variable that is not set raises :class:`HarnessError` naming the entry.
+        """
+        from models.registry import system_weight_keys
+
+        out = []
+        for role, key in zip((None, *cls.WEIGHT_PARAMS), system_weight_keys(name, spec, weights)):
+            entry = WeightsSpec(key, str(weights[key]))
+            if not entry.is_builtin:
+                out.append(cls.entry_files(role, key, entry.path))
+        return out
+
+    def _entries(self) -> list[tuple[str | None, WeightsSpec]]:
+        return [(None, self.weights)] + [(p, self.component_weights(p)) for p in self.WEIGHT_PARAMS]
+
+    def files(self, role: str | None = None) -> "WeightFiles":
+        """The files of this system's weights entry for ``role``; one error listing all that is missing."""
+        spec = dict(self._entries())[role]
+        return self.entry_files(role, spec.key, spec.path).require()
+
     # ---- provenance -------------------------------------------------------------------------
     def weights_fingerprint(self) -> dict[str, str]:
-        from models.weights import folder_digest
+        """Per weights entry: ``tiny``/``random``, or a digest of exactly the files the loader reads."""
+        from models.weights import files_digest
 
-        specs = [self.weights] + [self.component_weights(p) for p in self.WEIGHT_PARAMS]
-        return {w.key: (w.value if w.is_builtin else folder_digest(w.path)) for w in specs}
+        out = {}
+        for role, spec in self._entries():
+            out[spec.key] = spec.value if spec.is_builtin else files_digest(self.files(role).files, spec.path)
+        return out
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that can change the pixels: code-relevant parameters, weights, dtype, libraries."""

@@ -8,15 +8,17 @@ Defaults are the model card's: 50 steps, guidance 5.0, 1024x1024 (``../shared/re
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from PIL import Image
 
 from harness.errors import HarnessError
-from models.base import System, generators
+from models.base import System, WeightsSpec, generators
 from models.tokenizers import CLIP_VOCAB_SIZE, check_tokenizer_size, clip_tokenizer
+
+#: the components of stabilityai/stable-diffusion-xl-base-1.0 the pipeline loads (README 'Weights')
+SDXL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 RESOLUTION_SCHEMA = {"type": "integer", "minimum": 64, "multipleOf": 8}
 
@@ -66,6 +68,7 @@ def tiny_vae(seed: int = 0):
 
 
 class SDXLSystem(System):
+    GUIDANCE_EMBEDDED = False  # LCM feeds w through the UNet instead of a CFG batch
     PARAMS = {
         "steps": {"default": 50, "schema": {"type": "integer", "minimum": 1}, "doc": "denoising steps"},
         "guidance": {"default": 5.0, "schema": {"type": "number", "minimum": 0}, "doc": "CFG scale (model card: 5.0)"},
@@ -73,19 +76,28 @@ class SDXLSystem(System):
     }
 
     @classmethod
-    def _tokenizer_folder(cls, params, weights) -> str:
-        return str(weights.get(params.get("weights", params["model"]), "tiny"))
+    def _tokenizer_entry(cls, params, weights) -> WeightsSpec:
+        key = params.get("weights", params["model"])
+        return WeightsSpec(key, str(weights.get(key, "tiny")))
 
     @classmethod
     def text_tokenizer(cls, params, weights):
-        folder = cls._tokenizer_folder(params, weights)
-        if folder in ("tiny", "random"):
+        entry = cls._tokenizer_entry(params, weights)
+        if entry.is_builtin:
             return super().text_tokenizer(params, weights)
         from transformers import CLIPTokenizer
 
-        tok = CLIPTokenizer.from_pretrained(Path(folder) / "tokenizer", local_files_only=True)
-        check_tokenizer_size(tok, CLIP_VOCAB_SIZE, f"{folder}/tokenizer")
+        folder = entry.path / "tokenizer"
+        tok = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+        check_tokenizer_size(tok, CLIP_VOCAB_SIZE, str(folder))
         return tok
+
+    @classmethod
+    def entry_files(cls, role, key, path):
+        from models.layouts import pipeline_folder
+
+        return pipeline_folder(key, path, SDXL_COMPONENTS,
+                               "It must be a diffusers folder of stabilityai/stable-diffusion-xl-base-1.0 (README 'Weights').")
 
     # ---- build -------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -101,11 +113,11 @@ class SDXLSystem(System):
     def _load_pipeline(self):
         from diffusers import StableDiffusionXLPipeline
 
-        folder = self.weights.require_dir()
-        self.weights.require_file("model_index.json")
+        files = self.files()
+        folder = files.root
         try:
             pipe = StableDiffusionXLPipeline.from_pretrained(
-                folder, torch_dtype=self.dtype, local_files_only=True, add_watermarker=False
+                folder, torch_dtype=self.dtype, variant=files.variant, local_files_only=True, add_watermarker=False
             )
         except (OSError, ValueError) as err:
             raise HarnessError(
@@ -197,6 +209,11 @@ class SDXLSystem(System):
     def steps_label(self) -> str:
         return str(self.params["steps"])
 
+    @classmethod
+    def unet_calls(cls, params, input_resolution=None):
+        cfg = 2 if params["guidance"] > 1 and not cls.GUIDANCE_EMBEDDED else 1  # diffusers runs CFG when scale > 1
+        return [(params["steps"] * cfg, params["resolution"])]
+
 
 class LCMSDXLSystem(SDXLSystem):
     """LCM-SDXL (latent-consistency/lcm-sdxl): the distilled SDXL UNet with an LCM scheduler.
@@ -215,10 +232,23 @@ class LCMSDXLSystem(SDXLSystem):
     }
     WEIGHT_PARAMS = ("base",)
     GUIDANCE_EMBED_DIM = 256
+    GUIDANCE_EMBEDDED = True
 
     @classmethod
-    def _tokenizer_folder(cls, params, weights) -> str:
-        return str(weights.get(params.get("base", cls.PARAMS["base"]["default"]), "tiny"))
+    def _tokenizer_entry(cls, params, weights) -> WeightsSpec:
+        key = params.get("base", cls.PARAMS["base"]["default"])
+        return WeightsSpec(key, str(weights.get(key, "tiny")))
+
+    @classmethod
+    def entry_files(cls, role, key, path):
+        from models.layouts import model_folder, pipeline_folder
+
+        if role == "base":  # the SDXL folder: everything but its UNet, which LCM's replaces
+            return pipeline_folder(key, path, [c for c in SDXL_COMPONENTS if c != "unet"],
+                                   "It must be a diffusers folder of stabilityai/stable-diffusion-xl-base-1.0.")
+        unet_dir = path / "unet" if (path / "unet").is_dir() else path
+        return model_folder(key, unet_dir, "diffusion_pytorch_model", "LCM-SDXL UNet",
+                            "Give the latent-consistency/lcm-sdxl folder (README 'Weights').")
 
     def _time_cond_proj_dim(self) -> int | None:
         return self.GUIDANCE_EMBED_DIM
@@ -242,19 +272,19 @@ class LCMSDXLSystem(SDXLSystem):
         base = self.component_weights("base")
         if base.is_builtin:
             raise HarnessError(f"systems.{self.name}: real LCM weights need a real SDXL base folder, not `{base.value}`")
-        folder = self.weights.require_dir()
-        unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
-        if not (unet_dir / "config.json").is_file():
-            raise HarnessError(f"weights.{self.weights.key}: {unet_dir} has no config.json; give the latent-consistency/lcm-sdxl folder")
-        unet = UNet2DConditionModel.from_pretrained(unet_dir, local_files_only=True, torch_dtype=self.dtype)
+        files = self.files()
+        unet = UNet2DConditionModel.from_pretrained(files.root, local_files_only=True, torch_dtype=self.dtype,
+                                                    variant=files.variant)
         if unet.config.time_cond_proj_dim != self.GUIDANCE_EMBED_DIM:
             raise HarnessError(
-                f"weights.{self.weights.key}: the UNet in {unet_dir} has time_cond_proj_dim="
+                f"weights.{self.weights.key}: the UNet in {files.root} has time_cond_proj_dim="
                 f"{unet.config.time_cond_proj_dim}, expected {self.GUIDANCE_EMBED_DIM} (latent-consistency/lcm-sdxl)"
             )
-        base_dir = base.require_dir()
+        base_files = self.files("base")
+        base_dir = base_files.root
         pipe = StableDiffusionXLPipeline.from_pretrained(
-            base_dir, unet=unet, torch_dtype=self.dtype, local_files_only=True, add_watermarker=False
+            base_dir, unet=unet, torch_dtype=self.dtype, variant=base_files.variant, local_files_only=True,
+            add_watermarker=False,
         )
         pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
         check_tokenizer_size(pipe.tokenizer, CLIP_VOCAB_SIZE, f"{base_dir}/tokenizer")

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from harness.errors import HarnessError
-from models.base import System, generators, move
+from models.base import System, WeightsSpec, generators, move
 from models.tokenizers import CLIP_VOCAB_SIZE, check_tokenizer_size, clip_tokenizer
 
 PRIOR_CONFIG = dict(  # diffusers/stable-cascade-configs prior/config.json
@@ -44,6 +44,11 @@ DECODER_CONFIG = dict(  # diffusers/stable-cascade-configs decoder/config.json
 )
 VQGAN_CONFIG = dict(bottleneck_blocks=12, embed_dim=384, in_channels=3, latent_channels=4, levels=2,
                     num_vq_embeddings=8192, out_channels=3, scale_factor=0.3764, up_down_scale_factor=2)
+
+#: the two diffusers repos, side by side in the weights folder, and the components loaded from each
+PRIOR_REPO, DECODER_REPO = "stable-cascade-prior", "stable-cascade"
+PRIOR_COMPONENTS = ("prior", "text_encoder", "tokenizer", "scheduler")
+DECODER_COMPONENTS = ("decoder", "vqgan", "scheduler")
 
 TINY_PRIOR_CONFIG = dict(
     PRIOR_CONFIG, conditioning_dim=128, block_out_channels=(128, 128), num_attention_heads=(2, 2),
@@ -79,17 +84,29 @@ class StableCascadeSystem(System):
 
     @classmethod
     def text_tokenizer(cls, params, weights):
-        root = str(weights.get(params.get("weights", params["model"]), "tiny"))
-        if root in ("tiny", "random"):
+        key = params.get("weights", params["model"])
+        entry = WeightsSpec(key, str(weights.get(key, "tiny")))
+        if entry.is_builtin:
             return super().text_tokenizer(params, weights)
-        from pathlib import Path
-
         from transformers import CLIPTokenizer
 
-        folder = Path(root) / "stable-cascade-prior" / "tokenizer"
+        folder = entry.path / PRIOR_REPO / "tokenizer"
         tok = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
         check_tokenizer_size(tok, CLIP_VOCAB_SIZE, str(folder))
         return tok
+
+    @classmethod
+    def entry_files(cls, role, key, path):
+        from models.layouts import WeightFiles, pipeline_folder
+
+        hint = ("Expected the diffusers repos stabilityai/stable-cascade-prior and stabilityai/stable-cascade as "
+                f"subfolders {PRIOR_REPO}/ and {DECODER_REPO}/ (README 'Weights').")
+        out = WeightFiles(key, path, hint=hint)
+        if not path.is_dir():
+            out.missing.append(f"{path} {'is a file' if path.is_file() else 'does not exist'}, expected a folder")
+            return out
+        out.merge(pipeline_folder(key, path / PRIOR_REPO, PRIOR_COMPONENTS))
+        return out.merge(pipeline_folder(key, path / DECODER_REPO, DECODER_COMPONENTS))
 
     def _build(self) -> None:
         if self.weights.is_tiny:
@@ -156,24 +173,22 @@ class StableCascadeSystem(System):
         from diffusers import DDPMWuerstchenScheduler, StableCascadeUNet
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-        root = self.weights.require_dir()
-        prior_dir, dec_dir = root / "stable-cascade-prior", root / "stable-cascade"
-        for d, sub in [(prior_dir, "prior"), (prior_dir, "text_encoder"), (prior_dir, "tokenizer"),
-                       (prior_dir, "scheduler"), (dec_dir, "decoder"), (dec_dir, "vqgan"), (dec_dir, "scheduler")]:
-            if not (d / sub).is_dir():
-                raise HarnessError(
-                    f"weights.{self.weights.key}: {d / sub} is missing; expected the diffusers repos "
-                    "stabilityai/stable-cascade-prior and stabilityai/stable-cascade as subfolders "
-                    "stable-cascade-prior/ and stable-cascade/"
-                )
-        kw = dict(local_files_only=True, torch_dtype=self.dtype)
+        from models.layouts import pipeline_folder
+
+        root = self.files().root
+        prior_dir, dec_dir = root / PRIOR_REPO, root / DECODER_REPO
+        # Components one by one (the decoder pipeline's from_pretrained cannot build PaellaVQModel),
+        # each repo in the variant its layout resolved (a bf16-only download loads as bf16).
+        kw = dict(local_files_only=True, torch_dtype=self.dtype,
+                  variant=pipeline_folder(self.weights.key, prior_dir, PRIOR_COMPONENTS).variant)
+        dkw = dict(kw, variant=pipeline_folder(self.weights.key, dec_dir, DECODER_COMPONENTS).variant)
         tok = CLIPTokenizer.from_pretrained(prior_dir / "tokenizer", local_files_only=True)
         check_tokenizer_size(tok, CLIP_VOCAB_SIZE, f"{prior_dir}/tokenizer")
         return dict(
             prior=StableCascadeUNet.from_pretrained(prior_dir, subfolder="prior", **kw),
-            decoder=StableCascadeUNet.from_pretrained(dec_dir, subfolder="decoder", **kw),
+            decoder=StableCascadeUNet.from_pretrained(dec_dir, subfolder="decoder", **dkw),
             text_encoder=CLIPTextModelWithProjection.from_pretrained(prior_dir, subfolder="text_encoder", **kw),
-            vqgan=paella_vq_model().from_pretrained(dec_dir, subfolder="vqgan", **kw),
+            vqgan=paella_vq_model().from_pretrained(dec_dir, subfolder="vqgan", **dkw),
             tokenizer=tok,
             prior_scheduler=DDPMWuerstchenScheduler.from_pretrained(prior_dir, subfolder="scheduler"),
             decoder_scheduler=DDPMWuerstchenScheduler.from_pretrained(dec_dir, subfolder="scheduler"),
@@ -184,6 +199,14 @@ class StableCascadeSystem(System):
 
     def steps_label(self) -> str:
         return f"{self.params['prior_steps']}+{self.params['decoder_steps']}"
+
+    @classmethod
+    def unet_calls(cls, params, input_resolution=None):
+        def cfg(scale):
+            return 2 if scale > 1 else 1
+
+        return [(params["prior_steps"] * cfg(params["prior_guidance"]), params["resolution"]),
+                (params["decoder_steps"] * cfg(params["decoder_guidance"]), params["resolution"])]
 
 
 @torch.inference_mode()

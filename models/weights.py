@@ -1,56 +1,63 @@
-"""Content digests of weight files and folders, cached so a multi-GB checkpoint is hashed once."""
+"""Content digests of weight files, cached so a multi-GB checkpoint is hashed once per machine.
+
+Only the files a loader reads are hashed (:mod:`models.layouts` names them). The cache holds one
+small entry per file, keyed by (absolute path, size, mtime), and a file is hashed under an exclusive
+lock, so parallel jobs that start on the same checkpoint hash it once between them and no job's
+entry is lost to another's write.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
-import json
 import os
 from pathlib import Path
+from typing import Iterable
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".txt", ".model")
 
-
-def _cache_path() -> Path:
+def cache_dir() -> Path:
     root = Path(os.environ.get("HARNESS_CACHE_DIR", Path.home() / ".cache" / "cogview3-harness"))
-    return root / "sha256-cache.json"
+    return root / "sha256"
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def file_sha256(path: Path) -> str:
     """sha256 of a file, cached by (absolute path, size, mtime) so unchanged files are not re-read."""
     path = Path(path).resolve()
     st = path.stat()
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    cache_file = _cache_path()
-    cache: dict[str, str] = {}
-    if cache_file.is_file():
-        try:
-            cache = json.loads(cache_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            cache = {}  # a corrupt cache only costs a re-hash
-    if key in cache:
-        return cache[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    cache[key] = h.hexdigest()
+    key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    entry = cache_dir() / f"{key}.sha256"
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, cache_file)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(entry.with_suffix(".lock"), "a")
     except OSError:
-        pass  # read-only home: hashing still works, just uncached
-    return cache[key]
+        return _hash_file(path)  # read-only home: hashing still works, just uncached
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second job waits here, then reads the first one's entry
+        if entry.is_file():
+            value = entry.read_text().strip()
+            if len(value) == 64:
+                return value
+        value = _hash_file(path)
+        tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(value + "\n")
+        os.replace(tmp, entry)
+        return value
 
 
-def folder_digest(path: Path) -> str:
-    """Digest over (relative name, sha256) of every weight/config file under a folder (or one file)."""
-    path = Path(path)
-    if path.is_file():
-        return file_sha256(path)[:16]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+def files_digest(files: Iterable[Path], root: Path) -> str:
+    """Digest over (name relative to ``root``, sha256) of the given files: what a weights entry provides."""
+    root = Path(root)
+    base = root if root.is_dir() else root.parent
     h = hashlib.sha256()
-    for p in files:
-        h.update(f"{p.relative_to(path)}={file_sha256(p)}\n".encode())
+    for p in sorted(Path(f) for f in files):
+        name = p.relative_to(base) if p.is_relative_to(base) else p
+        h.update(f"{name}={file_sha256(p)}\n".encode())
     return h.hexdigest()[:16]

@@ -60,9 +60,12 @@ def test_real_checkpoint_files_load_and_score_as_the_reference_recipe(tmp_path):
 
 
 def test_missing_and_wrong_checkpoints_are_clear_errors(tmp_path):
-    with pytest.raises(HarnessError, match=r"weights.aesthetic: folder .* does not exist"):
+    with pytest.raises(HarnessError, match=r"weights.aesthetic \(.*absent\): .*absent does not exist, expected a folder"):
         build_scorer("aesthetic", {"aesthetic": str(tmp_path / "absent")}, "cpu").build()
     torch.save({"fc.weight": torch.zeros(1, 768)}, tmp_path / MLP_FILE)
+    with pytest.raises(HarnessError, match=r"ViT-L-14.pt is missing in"):
+        build_scorer("aesthetic", {"aesthetic": str(tmp_path)}, "cpu").build()
+    (tmp_path / "ViT-L-14.pt").write_bytes(b"")
     with pytest.raises(HarnessError, match=r"is not the LAION aesthetic MLP: missing keys"):
         build_scorer("aesthetic", {"aesthetic": str(tmp_path)}, "cpu").build()
 

@@ -119,9 +119,12 @@ def test_full_size_parameter_counts_from_the_published_configs():
 def test_missing_weights_are_clear_errors(tmp_path):
     from harness.errors import HarnessError
 
-    with pytest.raises(HarnessError, match=r"stable-cascade-prior/prior is missing"):
+    with pytest.raises(HarnessError, match=r"stable-cascade-prior does not exist.*stable-cascade does not exist"):
         build_system("sc", SPECS["stable-cascade"], {"stable-cascade": str(tmp_path)}, "cpu", "float32").build()
-    with pytest.raises(HarnessError, match=r"weights.sdxl: folder .*nothing does not exist"):
+    (tmp_path / "stable-cascade-prior").mkdir()
+    with pytest.raises(HarnessError, match=r"model_index.json is missing;.*prior/: folder .*stable-cascade-prior/prior does not exist"):
+        build_system("sc", SPECS["stable-cascade"], {"stable-cascade": str(tmp_path)}, "cpu", "float32").build()
+    with pytest.raises(HarnessError, match=r"weights.sdxl \(.*nothing\): .*nothing does not exist, expected a diffusers folder"):
         build_system("s", SPECS["sdxl"], {"sdxl": str(tmp_path / "nothing")}, "cpu", "float32").build()
     with pytest.raises(HarnessError, match="real LCM weights need a real SDXL base folder"):
         build_system("l", SPECS["lcm-sdxl"], {"lcm-sdxl": str(tmp_path), "sdxl": "tiny"}, "cpu", "float32").build()

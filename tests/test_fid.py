@@ -100,7 +100,7 @@ def test_real_inception_weights_load_from_a_local_file(tmp_path):
     """The real extractor path: torchmetrics' Inception with weights from a local file (here a
     random-initialised state dict with the real keys and shapes; the real one cannot be downloaded)."""
     from harness.scorer_speed import random_inception_state_dict
-    from harness.scorers.fid import INCEPTION_FILE
+    from harness.scorers.fid import INCEPTION_FILE, PYTORCH_FID_FILE
 
     captured = random_inception_state_dict()  # the real keys and shapes, random values
     torch.save(captured, tmp_path / INCEPTION_FILE)
@@ -110,6 +110,11 @@ def test_real_inception_weights_load_from_a_local_file(tmp_path):
     feats = scorer.features(imgs)
     assert feats.shape == (3, 2048) and torch.isfinite(feats).all()
     assert len(scorer.fingerprint()["checkpoints"][INCEPTION_FILE]) == 64
-    with pytest.raises(HarnessError, match=INCEPTION_FILE + " is missing"):
+    with pytest.raises(HarnessError, match=INCEPTION_FILE + " or " + PYTORCH_FID_FILE + " is missing"):
         (tmp_path / "elsewhere").mkdir()
         build_scorer("kid", {"kid": str(tmp_path / "elsewhere")}, "cpu").build()
+    # pytorch-fid's copy of the weights (same keys and shapes) is accepted under its own name.
+    (tmp_path / INCEPTION_FILE).rename(tmp_path / "elsewhere" / PYTORCH_FID_FILE)
+    other = build_scorer("fid", {"fid": str(tmp_path / "elsewhere")}, "cpu", batch_size=2)
+    assert torch.equal(other.features(imgs), feats)
+    assert list(other.fingerprint()["checkpoints"]) == [PYTORCH_FID_FILE]

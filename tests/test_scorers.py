@@ -86,10 +86,20 @@ def test_hps_equals_the_hpsv2_package_on_the_same_checkpoint(tmp_path):
         torch.save({"state_dict": model.state_dict()}, ckpt)
         ref.model_dict.update(model=model, preprocess_val=preprocess)  # keeps it from downloading ViT-H-14
         want = [float(ref.score([im], p, cp=str(ckpt))[0]) for im, p in zip(golden_images(), GOLDEN_PROMPTS)]
-        ours = cls(WeightsSpec(cls.name, str(tmp_path)), device="cpu", dtype="float32", batch_size=4,
-                   architecture="ViT-B-32")
+        ours = cls(WeightsSpec(cls.name, str(tmp_path)), device="cpu", dtype="float32", batch_size=4)
         np.testing.assert_allclose(ours.score(golden_images(), GOLDEN_PROMPTS), want, atol=2e-6)
         assert ours.fingerprint()["checkpoints"]["version"] == cls.VERSION
+
+
+@pytest.mark.parametrize("name", ["ViT-H-14", "ViT-B-32"])
+def test_hps_architecture_is_read_off_the_checkpoint(name):
+    import open_clip
+
+    from harness.scorers.hpsv2 import open_clip_config
+
+    with torch.device("meta"):
+        state = open_clip.CLIP(**open_clip.get_model_config(name)).state_dict()
+    assert open_clip_config(state, "x") == open_clip.get_model_config(name)
 
 
 def test_hps_version_files_are_not_interchangeable(tmp_path):

@@ -45,6 +45,7 @@ class AestheticMLP(nn.Module):
 class AestheticScorer(Scorer):
     name = "aesthetic"
     uses_prompt = False
+    FILES = (MLP_FILE, CLIP_FILE)
     LIBRARIES = ("open_clip_torch",)
 
     def _build(self) -> None:
@@ -54,14 +55,14 @@ class AestheticScorer(Scorer):
             torch.manual_seed(1)
             self.mlp = AestheticMLP()
         else:
-            mlp_path = self.weights.require_file(MLP_FILE)
+            mlp_path = self.file(MLP_FILE)
             state = torch.load(mlp_path, map_location="cpu", weights_only=True)
             missing, unexpected = self.mlp.load_state_dict(state, strict=False)
             if missing or unexpected:
                 raise HarnessError(
                     f"{mlp_path} is not the LAION aesthetic MLP: missing keys {missing}, unexpected keys {unexpected}"
                 )
-            self.clip = load_openai_clip(self.weights.require_file(CLIP_FILE), self.device)
+            self.clip = load_openai_clip(self.file(CLIP_FILE), self.device)
         self.mlp = self.mlp.eval().to(self.device, self.dtype)
         self.clip = self.clip.to(self.device, self.dtype)
         self.transform = openai_transform(224)
@@ -76,8 +77,8 @@ class AestheticScorer(Scorer):
         if self.weights.is_tiny:
             return {"mlp": "tiny", "clip": "tiny"}
         return {
-            MLP_FILE: file_sha256(self.weights.require_file(MLP_FILE)),
-            CLIP_FILE: file_sha256(self.weights.require_file(CLIP_FILE)),
+            MLP_FILE: file_sha256(self.file(MLP_FILE)),
+            CLIP_FILE: file_sha256(self.file(CLIP_FILE)),
         }
 
     def preprocessing(self) -> str:

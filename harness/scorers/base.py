@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
 from PIL import Image
 
 from models.base import WeightsSpec, library_versions, resolve_device, resolve_dtype
+from models.layouts import WeightFiles, named_files
 
 
 class Scorer(ABC):
@@ -23,6 +25,9 @@ class Scorer(ABC):
     #: does the score depend on the prompt (alignment/preference) or on the image alone
     uses_prompt: ClassVar[bool] = True
     LIBRARIES: ClassVar[tuple[str, ...]] = ()
+    #: the files the scorer reads from its weights folder, as upstream names them; a tuple entry
+    #: means any one of those names (the first present is read)
+    FILES: ClassVar[tuple[str | tuple[str, ...], ...]] = ()
 
     def __init__(self, weights: WeightsSpec, device: str = "auto", dtype: str = "auto", batch_size: int = 16):
         self.weights = weights
@@ -30,6 +35,16 @@ class Scorer(ABC):
         self.dtype = resolve_dtype(dtype, self.device, torch.float16)
         self.batch_size = batch_size
         self._built = False
+
+    @classmethod
+    def entry_files(cls, key: str, path: Path) -> WeightFiles:
+        """The files of the weights folder ``path`` this scorer reads (preflight, fingerprints, loading)."""
+        return named_files(key, path, cls.FILES, f"See README 'Weights' for the {cls.name} files.")
+
+    def file(self, name: str | tuple[str, ...]) -> Path:
+        """The path of the ``FILES`` entry ``name``; one error listing every missing file of the folder."""
+        found = self.entry_files(self.weights.key, self.weights.path).require()
+        return found.files[self.FILES.index(name)]
 
     def build(self) -> "Scorer":
         if not self._built:

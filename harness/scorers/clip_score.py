@@ -21,6 +21,7 @@ CLIP_FILE = "ViT-L-14.pt"
 
 class CLIPScorer(Scorer):
     name = "clip_score"
+    FILES = (CLIP_FILE,)
     LIBRARIES = ("open_clip_torch",)
 
     def _build(self) -> None:
@@ -29,7 +30,7 @@ class CLIPScorer(Scorer):
         if self.weights.is_tiny:
             self.model = tiny_open_clip(768, seed=21)
         else:
-            self.model = load_openai_clip(self.weights.require_file(CLIP_FILE), self.device)
+            self.model = load_openai_clip(self.file(CLIP_FILE), self.device)
         self.model = self.model.eval().to(self.device, self.dtype)
         self.tokenizer = open_clip.get_tokenizer("ViT-L-14")
         self.transform = openai_transform(224)
@@ -43,7 +44,7 @@ class CLIPScorer(Scorer):
     def checkpoint_fingerprint(self) -> dict[str, str]:
         if self.weights.is_tiny:
             return {"clip": "tiny"}
-        return {CLIP_FILE: file_sha256(self.weights.require_file(CLIP_FILE))}
+        return {CLIP_FILE: file_sha256(self.file(CLIP_FILE))}
 
     def preprocessing(self) -> str:
         return OPENAI_PREPROCESSING + "; open_clip tokenizer, 77 tokens (truncated)"

@@ -28,6 +28,10 @@ from harness.scorers.base import Scorer
 from models.weights import file_sha256
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+#: pytorch-fid's copy of the same TF-ported weights: the same state-dict keys and shapes (checked
+#: against pytorch_fid 0.3.0's fid_inception_v3), and the same sha256 prefix in the name
+PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_FILES = (INCEPTION_FILE, PYTORCH_FID_FILE)
 SIZE = 299
 PREPROCESSING = "center crop to square (shorter side), resize to 299x299 with PIL bicubic, uint8 RGB"
 
@@ -74,6 +78,7 @@ class _SetScorer(Scorer):
 
     kind = "set"
     uses_prompt = False
+    FILES = (INCEPTION_FILES,)
     LIBRARIES = ("torchmetrics", "torch-fidelity")
 
     def _build(self) -> None:
@@ -82,7 +87,7 @@ class _SetScorer(Scorer):
         else:
             from torchmetrics.image.fid import NoTrainInceptionV3
 
-            path = self.weights.require_file(INCEPTION_FILE)
+            path = self.file(INCEPTION_FILES)
             self.extractor = NoTrainInceptionV3(
                 name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path)
             )
@@ -103,7 +108,8 @@ class _SetScorer(Scorer):
     def checkpoint_fingerprint(self) -> dict[str, str]:
         if self.weights.is_tiny:
             return {"inception": "tiny"}
-        return {INCEPTION_FILE: file_sha256(self.weights.require_file(INCEPTION_FILE))}
+        path = self.file(INCEPTION_FILES)
+        return {path.name: file_sha256(path)}
 
     def preprocessing(self) -> str:
         return PREPROCESSING

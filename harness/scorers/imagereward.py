@@ -49,6 +49,7 @@ def tiny_vocab_dir() -> Path:
 
 class ImageRewardScorer(Scorer):
     name = "imagereward"
+    FILES = (CKPT, MED_CONFIG, VOCAB)
     LIBRARIES = ("image-reward", "transformers", "timm")
 
     def _build(self) -> None:
@@ -56,9 +57,9 @@ class ImageRewardScorer(Scorer):
         if self.weights.is_tiny:
             self._build_tiny(IR)
         else:
-            folder = self.weights.require_dir()
-            ckpt, med = self.weights.require_file(CKPT), self.weights.require_file(MED_CONFIG)
-            vocab = self.weights.require_file(VOCAB).parent
+            folder = self.weights.path
+            ckpt, med = self.file(CKPT), self.file(MED_CONFIG)
+            vocab = self.file(VOCAB).parent
             with bert_vocab(vocab):
                 model = IR.ImageReward(med_config=str(med), device=str(self.device))
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -109,7 +110,7 @@ class ImageRewardScorer(Scorer):
     def checkpoint_fingerprint(self) -> dict[str, str]:
         if self.weights.is_tiny:
             return {"imagereward": "tiny"}
-        return {f: file_sha256(self.weights.require_file(f)) for f in (CKPT, MED_CONFIG, VOCAB)}
+        return {f: file_sha256(self.file(f)) for f in (CKPT, MED_CONFIG, VOCAB)}
 
     def preprocessing(self) -> str:
         return ("resize shortest side to 224 (bicubic, PIL), center crop 224, RGB, OpenAI CLIP mean/std; "

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 
 from harness.errors import HarnessError
+from models.cogview3.unet import build_unet, unet_config
+from models.layouts import SAT_STATE_FILE
 
 SAT_PREFIX = "model.diffusion_model."
-SAT_STATE_FILE = "mp_rank_00_model_states.pt"
 
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
            "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
@@ -91,34 +92,98 @@ def sat_key_map(config: dict[str, Any], diffusers_keys: list[str]) -> dict[str, 
 
 
 def sat_state_file(folder: Path) -> Path:
-    folder = Path(folder)
-    latest = folder / "latest"
-    if not latest.is_file():
-        raise HarnessError(
-            f"{folder} is not a SAT checkpoint folder: it has no 'latest' file (expected latest + "
-            f"<iteration>/{SAT_STATE_FILE}, as the official CogView3 downloads unpack)"
-        )
-    iteration = latest.read_text().strip()
-    path = folder / iteration / SAT_STATE_FILE
-    if not path.is_file():
-        raise HarnessError(f"{latest} names iteration {iteration!r}, but {path} does not exist")
-    return path
+    """``<folder>/<iteration named by latest>/mp_rank_00_model_states.pt``, or an error saying what is missing."""
+    from models.layouts import sat_folder
+
+    files = sat_folder("", Path(folder)).require().files
+    return files[-1]
 
 
-def read_sat_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    path = sat_state_file(folder)
+def read_sat_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The ``module`` state dict of a SAT model-states file, memory-mapped (no copy in host RAM)."""
+    path = Path(path)
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # SAT also pickles its argparse namespace; a local, user-given file
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     if not isinstance(blob, dict) or "module" not in blob:
         raise HarnessError(f"{path} has no 'module' entry; it is not a SAT model-states file")
     return blob["module"]
 
 
-def load_sat_unet(unet, folder: Path) -> None:
-    """Copy a SAT checkpoint into ``unet`` (in place); missing or unexpected keys are an error."""
-    state = read_sat_state_dict(folder)
+#: the official UNet's attention head width (``num_head_channels: 64`` in every CogView3 yaml); the
+#: only width a checkpoint's tensor shapes cannot tell
+HEAD_DIM = 64
+
+
+def sat_unet_config(state: dict[str, torch.Tensor], path: Path | str = "checkpoint") -> dict[str, Any]:
+    """The diffusers config of the UNet a SAT state dict holds, read off its tensor shapes.
+
+    Widths (channels per level, transformer depths, cross-attention and guidance-embedding sizes)
+    come from the checkpoint, so a small SAT file loads through the same code as the official
+    2.9 B one; the topology (3 levels, attention on levels 2-3, 2 res blocks, 1536-d size vector,
+    4 latent channels) must be CogView3's or the file is refused.
+    """
+    p = SAT_PREFIX
+
+    def shape(key: str) -> tuple[int, ...] | None:
+        t = state.get(p + key)
+        return None if t is None else tuple(t.shape)
+
+    def fail(what: str) -> HarnessError:
+        return HarnessError(f"{path} is not a CogView3 UNet checkpoint: {what}")
+
+    conv_in = shape("input_blocks.0.0.weight")
+    adm = shape("label_emb.0.0.weight")
+    if conv_in is None or adm is None:
+        raise fail(f"it has no {p}input_blocks.0.0.weight or {p}label_emb.0.0.weight")
+    if conv_in[1] != 4 or adm[1] != 1536:
+        raise fail(f"{conv_in[1]} input channels and a {adm[1]}-d size vector (CogView3: 4 and 1536)")
+    blocks = sorted({int(k[len(p):].split(".")[1]) for k in state if k.startswith(p + "input_blocks.")})
+    downsamplers = [n for n in blocks if shape(f"input_blocks.{n}.0.op.weight")]
+    per_block = downsamplers[0] - 1 if downsamplers else len(blocks) - 1
+    levels = len(downsamplers) + 1
+    channels, has_attn, depths = [], [], []
+    for level in range(levels):
+        n = 1 + level * (per_block + 1)
+        out = shape(f"input_blocks.{n}.0.out_layers.3.weight")
+        if out is None:
+            raise fail(f"no resnet at {p}input_blocks.{n}.0")
+        channels.append(out[0])
+        has_attn.append(shape(f"input_blocks.{n}.1.proj_in.weight") is not None)
+        depths.append(len({k for k in state if k.startswith(f"{p}input_blocks.{n}.1.transformer_blocks.")
+                           for k in [k.split(".transformer_blocks.")[1].split(".")[0]]}) or 1)
+    mid_depth = len({k.split(".transformer_blocks.")[1].split(".")[0] for k in state
+                     if k.startswith(f"{p}middle_block.1.transformer_blocks.")})
+    if levels != 3 or per_block != 2 or has_attn != [False, True, True] or depths[-1] != mid_depth:
+        raise fail(f"{levels} levels, {per_block} res blocks per level, attention {has_attn}, middle depth "
+                   f"{mid_depth} (CogView3: 3 levels, 2 res blocks, attention on levels 2 and 3, middle depth = last)")
+    if any(c % HEAD_DIM for c in channels):
+        raise fail(f"widths {channels} are not multiples of the official {HEAD_DIM}-d attention heads")
+    context = shape("input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight")
+    w_proj = shape("w_proj.weight")
+    return unet_config(
+        None if w_proj is None else w_proj[1], channels=tuple(channels), head_dim=HEAD_DIM, depths=tuple(depths),
+        cross_attention_dim=context[1],
+    )
+
+
+def load_sat_unet(folder: Path, guidance_embed_dim: int | None, device="cpu", dtype=torch.float32):
+    """The UNet of a SAT checkpoint folder, built on the meta device and filled tensor by tensor.
+
+    Each tensor goes from the memory-mapped file straight to ``device`` in ``dtype``, so host RAM
+    holds at most one copy of the model (none beyond one tensor when ``device`` is a GPU), never the
+    fp32 model plus the checkpoint. ``guidance_embed_dim`` is what the system expects (None: not
+    distilled); a checkpoint with or without ``w_proj`` against that is an error listing the key.
+    Missing or unexpected keys are an error that lists them.
+    """
+    path = sat_state_file(folder)
+    state = read_sat_state_dict(path)
+    config = sat_unet_config(state, path)
+    found_dim = config["time_cond_proj_dim"]
+    config["time_cond_proj_dim"] = guidance_embed_dim
+    with torch.device("meta"):
+        unet = build_unet(config)
     target = unet.state_dict()
     mapping = sat_key_map(unet.config, list(target))
     sat_unet_keys = {k for k in state if k.startswith(SAT_PREFIX)}
@@ -126,18 +191,20 @@ def load_sat_unet(unet, folder: Path) -> None:
     unexpected = sorted(sat_unet_keys - set(mapping.values()))
     if missing or unexpected:
         raise HarnessError(
-            f"SAT checkpoint {sat_state_file(folder)} does not fit the CogView3 UNet "
-            f"(time_cond_proj_dim={unet.config.time_cond_proj_dim}): missing keys {missing[:10]}"
-            f"{' ...' if len(missing) > 10 else ''} ({len(missing)}), unexpected keys {unexpected[:10]}"
-            f"{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)})"
+            f"SAT checkpoint {path} does not fit the CogView3 UNet (the system expects time_cond_proj_dim="
+            f"{guidance_embed_dim}, the file has {found_dim}; set `distilled:` to match the checkpoint): "
+            f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''} ({len(missing)}), "
+            f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)})"
         )
     converted = {}
     for dkey, skey in mapping.items():
         tensor = state[skey]
         if tensor.shape != target[dkey].shape:
             raise HarnessError(f"SAT key {skey} has shape {tuple(tensor.shape)}, the UNet expects {tuple(target[dkey].shape)}")
-        converted[dkey] = tensor
-    unet.load_state_dict(converted, strict=True)
+        converted[dkey] = tensor.to(device=device, dtype=dtype)
+    del state
+    unet.load_state_dict(converted, strict=True, assign=True)
+    return unet
 
 
 def save_sat_unet(unet, folder: Path, iteration: int = 1) -> Path:
@@ -162,25 +229,48 @@ SDXL_VAE_CONFIG = dict(
 )
 
 
+def ldm_vae_config(state: dict[str, torch.Tensor], path: Path | str) -> dict[str, Any]:
+    """The diffusers AutoencoderKL config of an LDM-key VAE state dict, widths read off its shapes.
+
+    For the official ``sdxl_vae.safetensors`` this is :data:`SDXL_VAE_CONFIG`; the LDM code's fixed
+    facts (32 norm groups, SiLU, the SDXL scale 0.13025) are kept.
+    """
+    levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.")})
+    if not levels or "post_quant_conv.weight" not in state:
+        raise HarnessError(f"{path} is not an LDM-format VAE (no encoder.down.* / post_quant_conv keys); "
+                           "give sdxl_vae.safetensors or a diffusers AutoencoderKL folder")
+    channels = tuple(int(state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0]) for i in levels)
+    per_block = len({k.split(".")[4] for k in state if k.startswith("encoder.down.0.block.")})
+    return dict(SDXL_VAE_CONFIG, block_out_channels=channels, layers_per_block=per_block,
+                down_block_types=("DownEncoderBlock2D",) * len(channels),
+                up_block_types=("UpDecoderBlock2D",) * len(channels),
+                latent_channels=int(state["post_quant_conv.weight"].shape[0]))
+
+
 def load_sdxl_vae(path: Path, dtype: torch.dtype):
     """The SDXL VAE from a diffusers folder (``config.json`` + weights) or the LDM-format ``sdxl_vae.safetensors``."""
     from diffusers import AutoencoderKL
 
+    from models.layouts import model_folder, single_file
+
     path = Path(path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise HarnessError(f"VAE folder {path} has no config.json; give a diffusers AutoencoderKL folder or sdxl_vae.safetensors")
-        return AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
-    if not path.is_file():
-        raise HarnessError(f"VAE weights {path} do not exist; download sdxl_vae.safetensors (see README)")
+        files = model_folder("vae", path, "diffusion_pytorch_model", "SDXL VAE",
+                             "Give a diffusers AutoencoderKL folder or sdxl_vae.safetensors.").require()
+        return AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=dtype, variant=files.variant)
+    single_file("vae", path, "SDXL VAE weights", "Download sdxl_vae.safetensors (README 'Weights').").require()
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
     from safetensors.torch import load_file
 
     state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
-    vae = AutoencoderKL(**SDXL_VAE_CONFIG)
+    state = {k.removeprefix("first_stage_model."): v for k, v in state.items()}
+    with torch.device("meta"):
+        vae = AutoencoderKL(**ldm_vae_config(state, path))
     converted = convert_ldm_vae_checkpoint(state, vae.config)
-    missing, unexpected = vae.load_state_dict(converted, strict=False)
+    expected = set(vae.state_dict())
+    missing, unexpected = sorted(expected - set(converted)), sorted(set(converted) - expected)
     if missing or unexpected:
         raise HarnessError(f"{path} is not an SDXL VAE checkpoint: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")
-    return vae.to(dtype)
+    vae.load_state_dict({k: v.to(dtype) for k, v in converted.items()}, strict=True, assign=True)
+    return vae

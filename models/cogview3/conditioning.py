@@ -59,23 +59,19 @@ class T5TextEncoder:
 
     @classmethod
     def from_folder(cls, folder, device, dtype) -> "T5TextEncoder":
-        """A folder with ``tokenizer/`` and ``text_encoder/`` (e.g. THUDM/CogVideoX-2b's)."""
+        """A folder with ``tokenizer/`` and ``text_encoder/`` (THUDM/CogVideoX-2b's), loaded as shipped.
+
+        The encoder's weights go straight to ``device`` in ``dtype`` (no fp32 copy in host RAM).
+        """
         from pathlib import Path
 
-        from transformers import T5EncoderModel, T5Tokenizer
-
-        from models.tokenizers import check_tokenizer_size
+        from transformers import T5EncoderModel
 
         folder = Path(folder)
-        for sub in ("tokenizer", "text_encoder"):
-            if not (folder / sub).is_dir():
-                raise HarnessError(
-                    f"T5 folder {folder} has no {sub}/ subfolder; use the text_encoder/ and tokenizer/ "
-                    "folders of THUDM/CogVideoX-2b (T5 v1.1 XXL)"
-                )
-        tok = T5Tokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-        check_tokenizer_size(tok, 32000, f"{folder}/tokenizer")
-        enc = T5EncoderModel.from_pretrained(folder / "text_encoder", local_files_only=True, torch_dtype=dtype)
+        t5_folder("t5", folder).require()
+        tok = load_t5_tokenizer(folder / "tokenizer")
+        enc = T5EncoderModel.from_pretrained(folder / "text_encoder", local_files_only=True, dtype=dtype,
+                                             device_map={"": str(device)})
         return cls(tok, enc, device, dtype)
 
     def count_truncated(self, prompts: Sequence[str]) -> int:
@@ -88,3 +84,49 @@ class T5TextEncoder:
             list(prompts), padding="max_length", max_length=T5_MAX_LENGTH, truncation=True, return_tensors="pt"
         ).input_ids.to(self.device)
         return self.encoder(input_ids=ids).last_hidden_state
+
+
+def t5_folder(key: str, folder, hint: str = ""):
+    """The T5 v1.1 XXL folder as THUDM/CogVideoX-2b ships it: ``tokenizer/`` (spiece.model) + ``text_encoder/``."""
+    from pathlib import Path
+
+    from models.layouts import WeightFiles, model_folder, tokenizer_folder
+
+    folder = Path(folder)
+    out = WeightFiles(key, folder, hint=hint)
+    if not folder.is_dir():
+        out.missing.append(f"{folder} {'is a file' if folder.is_file() else 'does not exist'}, expected a folder "
+                           "holding tokenizer/ and text_encoder/ (THUDM/CogVideoX-2b's T5 v1.1 XXL)")
+        return out
+    out.merge(tokenizer_folder(key, folder / "tokenizer", "tokenizer/"))
+    return out.merge(model_folder(key, folder / "text_encoder", "model", "text_encoder/"))
+
+
+def load_t5_tokenizer(folder):
+    """T5's tokenizer from a folder as shipped (``spiece.model``, maybe no ``tokenizer.json``).
+
+    transformers 5 converts ``spiece.model`` to a fast tokenizer, which needs ``protobuf``; without it
+    transformers raises an error about tiktoken that says nothing of the cause, so it is caught here.
+    """
+    from transformers import T5Tokenizer
+
+    from models.tokenizers import check_tokenizer_size
+
+    try:
+        tok = T5Tokenizer.from_pretrained(folder, local_files_only=True)
+    except (ImportError, ValueError, OSError) as err:
+        try:
+            import google.protobuf  # noqa: F401
+        except ImportError:
+            raise HarnessError(
+                f"cannot read the T5 tokenizer in {folder}: converting its spiece.model needs the protobuf "
+                "package; run `pip install -c requirements/lock.txt protobuf` (make setup installs it)"
+            ) from err
+        raise HarnessError(f"cannot read the T5 tokenizer in {folder} ({type(err).__name__}: {err}); it must hold "
+                           "spiece.model (or tokenizer.json) as THUDM/CogVideoX-2b's tokenizer/ does") from err
+    check_tokenizer_size(tok, T5_MIN_VOCAB, str(folder))
+    return tok
+
+
+#: any real T5 vocabulary is far larger; an offline load of an incomplete folder yields a handful
+T5_MIN_VOCAB = 1000

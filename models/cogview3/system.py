@@ -67,19 +67,30 @@ class _CogView3(System):
 
     @classmethod
     def text_tokenizer(cls, params, weights):
-        from models.tokenizers import check_tokenizer_size, t5_tokenizer_tiny
+        from models.tokenizers import t5_tokenizer_tiny
 
         key = params.get("text_encoder", cls.PARAMS["text_encoder"]["default"])
         folder = str(weights.get(key, "tiny"))
         if folder in ("tiny", "random"):
             return t5_tokenizer_tiny(T5_MAX_LENGTH)
-        from pathlib import Path
+        from models.base import WeightsSpec
+        from models.cogview3.conditioning import load_t5_tokenizer
 
-        from transformers import T5Tokenizer
+        return load_t5_tokenizer(WeightsSpec(key, folder).path / "tokenizer")
 
-        tok = T5Tokenizer.from_pretrained(Path(folder) / "tokenizer", local_files_only=True)
-        check_tokenizer_size(tok, 32000, f"{folder}/tokenizer")
-        return tok
+    @classmethod
+    def entry_files(cls, role, key, path):
+        from models.cogview3.conditioning import t5_folder
+        from models.layouts import model_folder, sat_folder, single_file
+
+        hint = "See README 'Weights' for the layout."
+        if role is None:
+            return sat_folder(key, path, hint)
+        if role == "text_encoder":
+            return t5_folder(key, path, hint)
+        if path.is_dir():
+            return model_folder(key, path, "diffusion_pytorch_model", "SDXL VAE folder", hint)
+        return single_file(key, path, "SDXL VAE file (sdxl_vae.safetensors)", hint)
 
     def _build(self) -> None:
         dim = self.GUIDANCE_EMBED_DIM if self.params["distilled"] else None
@@ -91,11 +102,8 @@ class _CogView3(System):
         else:
             from models.cogview3.checkpoint import load_sat_unet
 
-            with torch.device("meta"):
-                unet = build_unet(unet_config(dim))
-            unet = unet.to_empty(device="cpu")
-            load_sat_unet(unet, self.weights.require_dir())
-            self.unet = unet
+            # Straight from the memory-mapped file to the device and dtype (one copy at most in host RAM).
+            self.unet = load_sat_unet(self.files().root, dim, self.device, self.dtype)
         self.unet = move(self.unet, self.device, self.dtype).eval()
 
         t5 = self.component_weights("text_encoder")
@@ -104,7 +112,8 @@ class _CogView3(System):
         elif t5.is_random:
             self.text_encoder = random_t5_xxl_encoder(self.device, self.dtype)
         else:
-            self.text_encoder = T5TextEncoder.from_folder(t5.require_dir(), self.device, self.dtype)
+            self.files("text_encoder")
+            self.text_encoder = T5TextEncoder.from_folder(t5.path, self.device, self.dtype)
 
         vae = self.component_weights("vae")
         if vae.is_tiny:
@@ -121,6 +130,7 @@ class _CogView3(System):
         else:
             from models.cogview3.checkpoint import load_sdxl_vae
 
+            self.files("vae")
             self.vae = load_sdxl_vae(vae.path, torch.float32)
         # The SDXL VAE overflows in fp16 (spec §2.3): encode and decode in fp32.
         self.vae = move(self.vae, self.device, torch.float32).eval()
@@ -192,6 +202,10 @@ class CogView3BaseSystem(_CogView3):
     def grid(self) -> list[int]:
         return timesteps(self.params["steps"])
 
+    @classmethod
+    def unet_calls(cls, params, input_resolution=None):
+        return [(params["steps"] * (1 if params["distilled"] else 2), params["resolution"])]
+
     def _generate(self, prompts, seeds, inputs=None) -> list[Image.Image]:
         size = self.params["resolution"]
         noise = randn((4, size // VAE_FACTOR, size // VAE_FACTOR), generators(seeds)).to(self.device)
@@ -235,6 +249,11 @@ class CogView3RelaySystem(_CogView3):
 
     def grid(self) -> list[int]:
         return relay_timesteps(self.params["t_r"], self.params["steps"])
+
+    @classmethod
+    def unet_calls(cls, params, input_resolution=None):
+        steps = len(relay_timesteps(params["t_r"], params["steps"]))
+        return [(steps * (1 if params["distilled"] else 2), (input_resolution or 512) * params["scale"])]
 
     @torch.inference_mode()
     def encode_lr(self, images: Sequence[Image.Image], gens) -> torch.Tensor:
