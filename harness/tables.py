@@ -70,9 +70,18 @@ def table3_benchmark(config: dict[str, Any]) -> str:
     return next(b for b in config["benchmarks"] if b != "coco5k")
 
 
+FIXTURES_BANNER = (
+    "> **Fixtures profile: these numbers say nothing about image quality.** Every checkpoint is a tiny "
+    "random-weight file in its upstream layout (`python -m harness fixtures`); the table only shows that the "
+    "paper profile's loaders and DAG run end to end."
+)
+
+
 def header_line(config: dict[str, Any]) -> str:
     if config["profile"] == "smoke":
         return SMOKE_BANNER
+    if config["profile"] == "fixtures":
+        return FIXTURES_BANNER
     return f"> Profile `{config['profile']}`: real weights as listed in the config; see the fingerprints below."
 
 
@@ -370,7 +379,8 @@ def write_paper_table(config: dict[str, Any], out: str | Path, table_key: str) -
 
 
 def banner_short(config: dict[str, Any]) -> str:
-    return "SMOKE PROFILE: says nothing about image quality" if config["profile"] == "smoke" else ""
+    return {"smoke": "SMOKE PROFILE: says nothing about image quality",
+            "fixtures": "FIXTURES PROFILE: says nothing about image quality"}.get(config["profile"], "")
 
 
 # ---- per-category breakdowns --------------------------------------------------------------------
