@@ -4,16 +4,37 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 
+# torch 2.14.1 from PyPI is a CUDA 13.0 build (NVIDIA driver >= 580). With an older driver (>= 525):
+# `make setup TORCH_CUDA=cu126` takes torch/torchvision +cu126 from the PyTorch index and everything else
+# from PyPI under requirements/constraints-cu126.txt (the lock with torch's CUDA 12 build). The stamp
+# records the choice; later `make` calls reuse it, and switching needs a fresh venv (`rm -rf .venv`).
+STAMP := $(BIN)/.installed
+INSTALLED_CUDA := $(strip $(if $(wildcard $(STAMP)),$(file < $(STAMP))))
+TORCH_CUDA ?= $(INSTALLED_CUDA)
+TORCH_INDEX_URL := https://download.pytorch.org/whl/$(TORCH_CUDA)
+CONSTRAINTS := $(if $(TORCH_CUDA),requirements/constraints-$(TORCH_CUDA).txt,requirements/lock.txt)
+ifneq ($(TORCH_CUDA),)
+ifeq ($(wildcard $(CONSTRAINTS)),)
+$(error TORCH_CUDA=$(TORCH_CUDA): there is no $(CONSTRAINTS); torch 2.14.1 is set up for TORCH_CUDA=cu126 (driver >= 525) or, left unset, for PyPI's CUDA 13.0 build (driver >= 580))
+endif
+endif
+ifneq ($(wildcard $(STAMP)),)
+ifneq ($(TORCH_CUDA),$(INSTALLED_CUDA))
+$(error $(VENV) was set up with $(if $(INSTALLED_CUDA),TORCH_CUDA=$(INSTALLED_CUDA),PyPI's torch (TORCH_CUDA unset)); for $(if $(TORCH_CUDA),TORCH_CUDA=$(TORCH_CUDA),PyPI's torch) run `rm -rf $(VENV)` first)
+endif
+endif
+
 .PHONY: setup demo test test-slow regression clean
 
-$(BIN)/.installed: requirements/base.txt requirements/lock.txt requirements/nodeps.txt pyproject.toml
+$(STAMP): requirements/base.txt requirements/lock.txt requirements/nodeps.txt pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c requirements/lock.txt -r requirements/base.txt
-	$(BIN)/pip install -q --no-deps -c requirements/lock.txt -r requirements/nodeps.txt
+	$(if $(TORCH_CUDA),$(BIN)/pip install -q --no-deps --index-url $(TORCH_INDEX_URL) -c $(CONSTRAINTS) torch torchvision)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -r requirements/base.txt
+	$(BIN)/pip install -q --no-deps -c $(CONSTRAINTS) -r requirements/nodeps.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
-	touch $@
+	echo '$(TORCH_CUDA)' > $@
 
-setup: $(BIN)/.installed
+setup: $(STAMP)
 
 demo: setup
 	$(BIN)/snakemake --cores all reports/table1.md reports/table3.md reports/ablation_expansion.md

@@ -127,6 +127,9 @@ def _weights_folder(config: dict, metric: str, tmp: Path) -> tuple[Path, bool]:
 
 
 def hps_case(config: dict, tmp: Path, scale: str, device: str) -> SpeedCase:
+    from harness.deps import require
+
+    require("hpsv2", "scorer-speed's HPS reference")
     import hpsv2.img_score as ref
     from hpsv2.src.open_clip import create_model_and_transforms
 

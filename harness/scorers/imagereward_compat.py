@@ -11,15 +11,34 @@ Call :func:`import_imagereward` instead of ``import ImageReward``. The patches a
 4. ``init_tokenizer`` used ``additional_special_tokens_ids`` (gone) and fetched bert-base-uncased from
    the hub: it now reads a local vocabulary folder and adds ``[DEC]``/``[ENC]`` the same way, giving
    ids 30522/30523 with the real vocabulary, as before.
+
+Only the model modules are imported: ``ImageReward.ImageReward`` (the ``ImageReward`` model class,
+``MLP``, ``_transform``) and ``ImageReward.models.BLIP`` (``blip``, ``blip_pretrain``, ``med``,
+``vit``). The two package ``__init__`` files are not run: ``ImageReward/__init__.py`` imports
+``ReFL.py`` (the fine-tuning script: ``datasets``, ``diffusers``, ``accelerate`` at module level)
+and ``ImageReward/models/__init__.py`` imports the CLIP and Aesthetic scores (``clip``, which needs
+``pkg_resources``). None of that runs when scoring, so ``datasets`` (+ pyarrow), ``clip-anytorch``
+and the ``setuptools<81`` cap are not dependencies. The two packages are registered in
+``sys.modules`` as the real packages (their own spec and ``__path__``) without their ``__init__``;
+``ImageReward.ImageReward`` is the model class, as the real ``__init__`` makes it, and any other
+package-level name (``ImageReward.load``, ``ReFL``, ...) raises an AttributeError that says why.
+``fairscale`` stays a dependency: ``vit.py`` imports it at module level.
+
+A missing package (image-reward itself, or one of its run-time imports such as ``fairscale``)
+raises :class:`~harness.errors.HarnessError` naming the exact pip command (:mod:`harness.deps`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
 import torch
+
+from harness import deps
 
 _VOCAB_DIR: list[Path] = []
 MIN_BERT_VOCAB = 30522
@@ -74,10 +93,42 @@ def _init_tokenizer():
     return tok
 
 
+#: the image-reward modules the scorer runs (the model, BLIP's ViT + BERT, the tokenizer set-up)
+MODEL_MODULES = ("ImageReward.ImageReward", "ImageReward.models.BLIP.blip", "ImageReward.models.BLIP.blip_pretrain",
+                 "ImageReward.models.BLIP.med", "ImageReward.models.BLIP.vit")
+#: the packages whose ``__init__`` is skipped (it imports training and CLIP code the scorer never runs)
+UNINITIALISED_PACKAGES = ("ImageReward", "ImageReward.models")
+NEEDED_FOR = "metric 'imagereward'"
+
+
+def _not_imported(package: str, name: str):
+    if name.startswith("__"):  # protocol probes (__file__, __wrapped__, ...): plain AttributeError
+        raise AttributeError(name)
+    raise AttributeError(
+        f"module {package!r} has no attribute {name!r}: the harness imports only image-reward's model modules "
+        f"{MODEL_MODULES} and not {package}/__init__.py (see harness/scorers/imagereward_compat.py)"
+    )
+
+
+def _register_without_init(name: str):
+    """Put package ``name`` (its parent already registered) into sys.modules without running its ``__init__``."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.submodule_search_locations is None:
+        raise deps.missing("ImageReward", NEEDED_FOR)
+    module = importlib.util.module_from_spec(spec)
+    module.__getattr__ = lambda attr: _not_imported(name, attr)
+    sys.modules[name] = module
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, module)
+    return module
+
+
 def import_imagereward():
-    """Apply the patches (once) and return the ``ImageReward`` package."""
+    """Apply the patches (once) and return the ``ImageReward`` package (its model modules imported)."""
     if "ImageReward" in sys.modules and getattr(sys.modules["ImageReward"], "_harness_patched", False):
         return sys.modules["ImageReward"]
+    deps.require("ImageReward", NEEDED_FOR)
     import transformers.modeling_utils as mu
     import transformers.pytorch_utils as pu
 
@@ -85,7 +136,22 @@ def import_imagereward():
     mu.prune_linear_layer = pu.prune_linear_layer
     mu.find_pruneable_heads_and_indices = _find_pruneable_heads_and_indices
 
-    import ImageReward
+    registered = [n for n in UNINITIALISED_PACKAGES if n not in sys.modules]
+    for name in registered:
+        _register_without_init(name)
+    try:
+        for name in MODEL_MODULES:
+            importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if registered:  # leave no half-imported image-reward behind
+            for name in [n for n in sys.modules if n == "ImageReward" or n.startswith("ImageReward.")]:
+                del sys.modules[name]
+        if not err.name or err.name.split(".")[0] == "ImageReward":
+            raise
+        raise deps.missing(err.name, f"{NEEDED_FOR} (image-reward 1.5, installed with --no-deps)") from err
+    ImageReward = sys.modules["ImageReward"]
+    if "ImageReward" in registered:  # as the package's __init__ does (``from .utils import *``)
+        ImageReward.ImageReward = sys.modules["ImageReward.ImageReward"].ImageReward
     from ImageReward.models.BLIP import blip, blip_pretrain, med
 
     med.BertPreTrainedModel.invert_attention_mask = _invert_attention_mask

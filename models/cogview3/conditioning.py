@@ -115,12 +115,13 @@ def load_t5_tokenizer(folder):
     try:
         tok = T5Tokenizer.from_pretrained(folder, local_files_only=True)
     except (ImportError, ValueError, OSError) as err:
-        try:
-            import google.protobuf  # noqa: F401
-        except ImportError:
+        try:  # sentencepiece's generated protobuf code: fails on a missing or too old protobuf
+            import sentencepiece.sentencepiece_model_pb2  # noqa: F401
+        except Exception as cause:
             raise HarnessError(
                 f"cannot read the T5 tokenizer in {folder}: converting its spiece.model needs the protobuf "
-                "package; run `pip install -c requirements/lock.txt protobuf` (make setup installs it)"
+                f"package at the locked version ({type(cause).__name__}: {cause}); run "
+                "`pip install -c requirements/lock.txt protobuf` (make setup installs it)"
             ) from err
         raise HarnessError(f"cannot read the T5 tokenizer in {folder} ({type(err).__name__}: {err}); it must hold "
                            "spiece.model (or tokenizer.json) as THUDM/CogVideoX-2b's tokenizer/ does") from err
