@@ -381,24 +381,33 @@ def write_sdxl_vae_folder(folder: Path) -> None:
 
 
 def openai_clip_torchscript(seed: int):
-    """A tiny OpenAI CLIP (the ``clip`` package's own model class) traced to TorchScript like OpenAI's
-    released ``*.pt`` archives: 768-d embeddings (ViT-L/14's), 224 px, patch 14, 64-d towers with one
-    64-d head each (open_clip infers heads as width // 64), context 77, vocabulary 49,408, fp16 weights,
-    and the ``input_resolution`` / ``context_length`` / ``vocab_size`` entries the archives carry."""
+    """A tiny OpenAI-format CLIP traced to TorchScript like OpenAI's released ``*.pt`` archives:
+    768-d embeddings (ViT-L/14's), 224 px, patch 14, 64-d towers with one 64-d head each (open_clip
+    infers heads as width // 64), QuickGELU, context 77, vocabulary 49,408, fp16 weights, and the
+    ``input_resolution`` / ``context_length`` / ``vocab_size`` entries the archives carry. The model
+    class is open_clip's ``CLIP``, whose parameter names are OpenAI's (open_clip loads OpenAI's files
+    into it)."""
     import warnings
 
+    import open_clip
     import torch
     import torch.jit._state as jit_state
-    from clip.model import CLIP, convert_weights
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
     _seed(seed)
-    model = CLIP(embed_dim=768, image_resolution=224, vision_layers=1, vision_width=64, vision_patch_size=14,
-                 context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=1)
+    model = open_clip.CLIP(
+        embed_dim=768, quick_gelu=True,
+        vision_cfg=CLIPVisionCfg(layers=1, width=64, head_width=64, patch_size=14, image_size=224),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1),
+    )
     for name, value in (("input_resolution", 224), ("context_length", 77), ("vocab_size", 49408)):
         if hasattr(model, name):
             delattr(model, name)
         model.register_buffer(name, torch.tensor(value))
-    convert_weights(model)
+    # OpenAI's archives hold the causal text mask as a traced constant, not a state-dict entry.
+    mask = model._buffers.pop("attn_mask")
+    object.__setattr__(model, "attn_mask", mask)
+    open_clip.convert_weights_to_lp(model, torch.float16)
     model.eval()
     image, text = torch.zeros(1, 3, 224, 224, dtype=torch.float16), torch.zeros(1, 77, dtype=torch.long)
     # TorchScript names each traced class after the ones already in its compilation unit
