@@ -20,7 +20,7 @@ def cache_dir() -> Path:
     return root / "sha256"
 
 
-def _hash_file(path: Path) -> str:
+def hash_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -38,14 +38,14 @@ def file_sha256(path: Path) -> str:
         entry.parent.mkdir(parents=True, exist_ok=True)
         lock = open(entry.with_suffix(".lock"), "a")
     except OSError:
-        return _hash_file(path)  # read-only home: hashing still works, just uncached
+        return hash_file(path)  # read-only home: hashing still works, just uncached
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second job waits here, then reads the first one's entry
         if entry.is_file():
             value = entry.read_text().strip()
             if len(value) == 64:
                 return value
-        value = _hash_file(path)
+        value = hash_file(path)
         tmp = entry.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(value + "\n")
         os.replace(tmp, entry)

@@ -5,7 +5,6 @@ layouts themselves are checked: their file trees, their determinism, the LDM VAE
 the generated config.
 """
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -22,11 +21,9 @@ SMALL = [name for name in fixtures.LAYOUTS if name != "imagereward"]
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from models.weights import hash_file
+
+    return hash_file(path)
 
 
 def _digests(root: Path) -> dict[str, str]:
