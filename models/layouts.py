@@ -56,10 +56,6 @@ class WeightFiles:
             raise HarnessError(f"{where}: {lines}. {self.hint}".strip())
         return self
 
-    def relative(self) -> list[str]:
-        base = self.root if self.root.is_dir() else self.root.parent
-        return [str(p.relative_to(base)) if p.is_relative_to(base) else str(p) for p in self.files]
-
 
 def _add_variant(name: str, variant: str | None) -> str:
     """``model.safetensors`` + fp16 -> ``model.fp16.safetensors`` (the hub's naming, as diffusers and transformers use it)."""
