@@ -61,3 +61,22 @@ def files_digest(files: Iterable[Path], root: Path) -> str:
         name = p.relative_to(base) if p.is_relative_to(base) else p
         h.update(f"{name}={file_sha256(p)}\n".encode())
     return h.hexdigest()[:16]
+
+
+def load_checkpoint(path: Path):
+    """``torch.load`` of a local, user-given checkpoint, memory-mapped where the format allows.
+
+    Memory-mapping keeps the tensors in the file (no copy in host RAM until each is moved to its
+    device). Files written before torch 1.6 (not zip archives) cannot be mapped and are read whole;
+    files that also pickle other objects (SAT's argparse namespace) need the full unpickler.
+    """
+    import torch
+
+    last = None
+    for mmap in (True, False):
+        for weights_only in (True, False):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
+            except Exception as err:  # torch raises RuntimeError/UnpicklingError/... by format
+                last = err
+    raise last

@@ -95,6 +95,15 @@ def test_sat_loader_casts_to_the_target_dtype(tmp_path):
     assert {p.dtype for p in unet.parameters()} == {torch.bfloat16}
 
 
+def test_sat_checkpoint_in_the_pre_zip_format_loads(tmp_path):
+    # torch.save before 1.6 wrote no zip archive, which cannot be memory-mapped: it is read whole.
+    src = build_unet(_small_official(None), seed=0)
+    path = save_sat_unet(src, tmp_path)
+    torch.save(torch.load(path, weights_only=True), path, _use_new_zipfile_serialization=False)
+    dst = load_sat_unet(tmp_path, None)
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+
+
 def test_sat_checkpoint_with_wrong_keys_lists_them(tmp_path):
     save_sat_unet(build_unet(_small_official(256), seed=0), tmp_path)
     with pytest.raises(HarnessError, match=r"unexpected keys \['model.diffusion_model.w_proj.weight'\]"):

@@ -87,7 +87,9 @@ def load_hps_model(path, device, dtype) -> torch.nn.Module:
     """The HPS open_clip model from its checkpoint, built on the meta device and filled in ``dtype``."""
     import open_clip
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    from models.weights import load_checkpoint
+
+    ckpt = load_checkpoint(path)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if state is None:
         raise HarnessError(f"{path} holds no state_dict; expected an HPS v2 checkpoint")

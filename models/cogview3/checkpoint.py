@@ -101,11 +101,10 @@ def sat_state_file(folder: Path) -> Path:
 
 def read_sat_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The ``module`` state dict of a SAT model-states file, memory-mapped (no copy in host RAM)."""
+    from models.weights import load_checkpoint
+
     path = Path(path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # SAT also pickles its argparse namespace; a local, user-given file
-        blob = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    blob = load_checkpoint(path)
     if not isinstance(blob, dict) or "module" not in blob:
         raise HarnessError(f"{path} has no 'module' entry; it is not a SAT model-states file")
     return blob["module"]
