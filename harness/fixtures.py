@@ -43,8 +43,6 @@ T5_SPM_VOCAB = 4000
 T5_EXTRA_IDS = 100
 #: THUDM/CogVideoX-2b tokenizer/tokenizer_config.json
 T5_MODEL_MAX_LENGTH = 226
-#: pytorch-fid's name for the FID Inception weights (torch-fidelity's: harness.scorers.fid.INCEPTION_FILE)
-PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
 _SAT = ("latest", "1/mp_rank_00_model_states.pt")
 _CLIP_TOKENIZER = ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json")
@@ -575,7 +573,7 @@ def write_fid(folder: Path) -> None:
     import torch
 
     from harness.scorer_speed import random_inception_state_dict
-    from harness.scorers.fid import INCEPTION_FILE
+    from harness.scorers.fid import INCEPTION_FILE, PYTORCH_FID_FILE
 
     folder.mkdir(parents=True, exist_ok=True)
     _seed(900)

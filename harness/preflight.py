@@ -81,26 +81,23 @@ def check_weights(config: dict[str, Any]) -> list[EntryCheck]:
 
     checks: dict[str, EntryCheck] = {}
     weights = config["weights"]
+    wanted = []  # (key, user, layout of the entry's path)
     for name, spec in config["systems"].items():
         cls = model_class(spec["model"], f"systems.{name}.model")
         for role, key in zip((None, *cls.WEIGHT_PARAMS), system_weight_keys(name, spec, weights)):
-            entry = WeightsSpec(key, str(weights[key]))
-            check = _entry(checks, key, entry.value, f"systems.{name}")
-            if entry.is_builtin:
-                continue
-            try:
-                _record(check, cls.entry_files(role, key, entry.path))
-            except HarnessError as err:  # an unset environment variable, an unreadable index
-                check.problems.append(str(err)) if str(err) not in check.problems else None
+            wanted.append((key, f"systems.{name}", lambda path, key=key, role=role, cls=cls: cls.entry_files(role, key, path)))
     for metric in config["metrics"]:
-        entry = WeightsSpec(metric, str(weights[metric]))
-        check = _entry(checks, metric, entry.value, f"metrics: {metric}")
-        if entry.is_builtin:
+        wanted.append((metric, f"metrics: {metric}", lambda path, m=metric: scorer_class(m).entry_files(m, path)))
+    for key, user, layout in wanted:
+        entry = WeightsSpec(key, str(weights[key]))
+        check = _entry(checks, key, entry.value, user)
+        if entry.is_builtin or entry.unset_variables:  # unset variables: one message for all entries
             continue
         try:
-            _record(check, scorer_class(metric).entry_files(metric, entry.path))
-        except HarnessError as err:
-            check.problems.append(str(err)) if str(err) not in check.problems else None
+            _record(check, layout(entry.path))
+        except HarnessError as err:  # an unreadable shard index
+            if str(err) not in check.problems:
+                check.problems.append(str(err))
     return list(checks.values())
 
 
@@ -210,7 +207,9 @@ def plan(config: dict[str, Any]) -> list[dict[str, Any]]:
     from harness.prompts import load_prompts
     from harness.tables import final_systems, stage_chain
 
-    paper = yaml.safe_load((Path(__file__).parent / "paper_values.yaml").read_text())["time_cost_s"]
+    from harness.paper import paper_values
+
+    paper = paper_values()["time_cost_s"]
     covered = {stage for s in final_systems(config) if s in paper for stage in stage_chain(config, s)[:-1]}
     rows, counts = [], {}
     for benchmark, system in planned_jobs(config):
@@ -232,23 +231,16 @@ def plan(config: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def unset_variables(value: str) -> list[str]:
-    """Environment variables a weights value names that are not set."""
-    import re
-
-    return [v for v in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", value) if v not in os.environ]
-
-
 def run_preflight(config: dict[str, Any]) -> Report:
+    from models.base import WeightsSpec
+
     entries = check_weights(config)
     data, data_problems = check_data(config)
-    problems = []
+    problems = [p for e in entries for p in e.problems]
     unset: dict[str, list[str]] = {}
     for e in entries:
-        names = unset_variables(e.value)
-        for name in names:
+        for name in WeightsSpec(e.key, e.value).unset_variables:
             unset.setdefault(name, []).append(e.key)
-        problems += [] if names else e.problems
     problems = [f"${name} is not set, so {len(keys)} weights entries cannot be found ({', '.join(keys)}); "
                 f"export {name}=<the folder that holds the downloads> (README 'Weights' shows its layout)"
                 for name, keys in unset.items()] + problems + data_problems

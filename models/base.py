@@ -52,11 +52,18 @@ class WeightsSpec:
         return self.value in (TINY, RANDOM)
 
     @property
+    def unset_variables(self) -> list[str]:
+        """Environment variables the value names (``$VAR``, ``${VAR}``) that are not set."""
+        import re
+
+        return [v for v in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", self.value) if v not in os.environ]
+
+    @property
     def path(self) -> Path:
         if self.is_builtin:
             raise ValueError(f"a {self.value!r} weights spec has no path")
         expanded = os.path.expanduser(os.path.expandvars(self.value))
-        if "$" in expanded:
+        if self.unset_variables:
             raise HarnessError(
                 f"weights.{self.key}: {self.value!r} uses an environment variable that is not set; "
                 "export it or write the path out"

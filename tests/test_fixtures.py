@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness import fixtures
+from harness.scorers.fid import PYTORCH_FID_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -153,7 +154,7 @@ def test_fid_files_hold_the_same_network_under_both_names(small_twice):
 
     folder = small_twice[0] / "fid"
     a = torch.load(folder / "weights-inception-2015-12-05-6726825d.pth", map_location="cpu", weights_only=True)
-    b = torch.load(folder / fixtures.PYTORCH_FID_FILE, map_location="cpu", weights_only=True)
+    b = torch.load(folder / PYTORCH_FID_FILE, map_location="cpu", weights_only=True)
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
