@@ -29,7 +29,8 @@ config.update(_valid)
 
 # A real run checks every weights and data file before any job starts (the same checks as
 # `python -m harness preflight`, without hashing): all problems at once, not one per failed job.
-if config["profile"] != "smoke":
+# Once, in the main process: jobs that re-read this file (run: blocks, cluster jobs) skip it.
+if config["profile"] != "smoke" and workflow.is_main_process:
     from harness.preflight import run_preflight
 
     _report = run_preflight(config)
