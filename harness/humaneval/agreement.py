@@ -20,21 +20,19 @@ OUTCOME_RANK = {"win": 2, "tie": 1, "lose": 0}
 
 # ---- one proportion --------------------------------------------------------------------------
 def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k/n (no continuity correction).
+    """Wilson score interval for a binomial proportion k/n (no continuity correction), as
+    ``scipy.stats.binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")``.
+    ``n == 0`` (no ratings) gives ``(nan, nan)``.
 
     Treats every rating as independent; when several annotators rate the same pair the ratings are
     correlated, and :func:`cluster_bootstrap_rates` (which resamples pairs) is the honest interval.
     """
     if n <= 0:
         return (float("nan"), float("nan"))
-    from scipy.stats import norm
+    from scipy.stats import binomtest
 
-    z = float(norm.ppf(0.5 + level / 2))
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def cluster_bootstrap_rates(
