@@ -11,7 +11,7 @@ One interface, three backends (config ``expansion.backend``):
   smoke profile and tests; it exercises every path an LM expander takes.
 
 The system prompt and few-shot examples are written for this project after the official script's
-rules (reference/cogview3-spec.md §7), not copied from it.
+rules (docs/reference.md §6), not copied from it.
 
 Expansions are cached in ``<results>/.cache/expansions/<benchmark>.jsonl`` keyed by (expander
 fingerprint, prompt text), outside Snakemake's outputs, so a rerun or an offline replay never calls
@@ -75,7 +75,6 @@ FEW_SHOT = (
      "menu. The street is wet from recent rain, reflecting the lights in streaks of gold. Cinematic "
      "composition, sharp focus on the lettering, soft bokeh background."),
 )
-OFFICIAL_SAMPLING = {"temperature": 0.01, "top_p": 0.7, "max_tokens": 300}
 
 
 def clean(text: str) -> str:

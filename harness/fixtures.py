@@ -236,7 +236,7 @@ def cogview3_tiny_unet_config(guidance_embed_dim: int | None) -> dict:
 
 
 def write_cogview3_sat(folder: Path) -> None:
-    """An official CogView3 SAT checkpoint folder (THUDM/CogView3 sat/README.md, spec §1.1):
+    """An official CogView3 SAT checkpoint folder (THUDM/CogView3 sat/README.md, docs/reference.md §1):
     ``latest`` ("1") + ``1/mp_rank_00_model_states.pt`` whose ``module`` holds the UNet under
     ``model.diffusion_model.`` with sgm key names, written by :func:`models.cogview3.checkpoint.save_sat_unet`.
 

@@ -1,7 +1,7 @@
 """Tokenizers built offline, in code.
 
 Offline, several ``from_pretrained`` calls return *empty* tokenizers instead of failing
-(``../shared/reference/deps.md`` §3), so every builder here checks the vocabulary size it
+(docs/reference.md §10.3), so every builder here checks the vocabulary size it
 produced, and :func:`check_tokenizer_size` is used on tokenizers loaded from folders too.
 """
 

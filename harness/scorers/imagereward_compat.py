@@ -1,4 +1,4 @@
-"""Make image-reward 1.5 import and run on transformers 5 (deps.md §2 lists the breakages).
+"""Make image-reward 1.5 import and run on transformers 5 (docs/reference.md §10.2 lists the breakages).
 
 Call :func:`import_imagereward` instead of ``import ImageReward``. The patches are small and exact:
 1. ``transformers.modeling_utils`` lost ``apply_chunking_to_forward`` / ``prune_linear_layer`` (moved
@@ -129,6 +129,7 @@ def import_imagereward():
     if "ImageReward" in sys.modules and getattr(sys.modules["ImageReward"], "_harness_patched", False):
         return sys.modules["ImageReward"]
     deps.require("ImageReward", NEEDED_FOR)
+    import transformers
     import transformers.modeling_utils as mu
     import transformers.pytorch_utils as pu
 
@@ -173,5 +174,3 @@ def import_imagereward():
     ImageReward._harness_patched = True
     return ImageReward
 
-
-import transformers  # noqa: E402  (after the helpers, used in import_imagereward)

@@ -1,6 +1,6 @@
 """Official CogView3 weights: SAT checkpoints -> the diffusers UNet, and the SDXL VAE.
 
-SAT layout (spec §1.1)::
+SAT layout (docs/reference.md §1)::
 
     <folder>/latest                              text file holding the iteration, e.g. "1"
     <folder>/<iteration>/mp_rank_00_model_states.pt   torch.load(...)["module"] is the state dict

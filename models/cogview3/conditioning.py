@@ -1,4 +1,4 @@
-"""CogView3 conditioning (spec §2.2, §5): T5-XXL text, the 1536-d size vector, the guidance embedding."""
+"""CogView3 conditioning (docs/reference.md §2.2, §5): T5-XXL text, the 1536-d size vector, the guidance embedding."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def size_vector(
 
 
 def guidance_embedding(w: float, dim: int, batch: int = 1) -> torch.Tensor:
-    """Distilled models' guidance-strength input (spec §5): w * 1000 -> [sin, cos] sinusoid of ``dim``.
+    """Distilled models' guidance-strength input (docs/reference.md §5): w * 1000 -> [sin, cos] sinusoid of ``dim``.
 
     Unlike the timestep sinusoid it puts sin first and uses frequencies exp(-ln(10000) * i / (dim/2 - 1)).
     It is projected by ``w_proj`` (diffusers: ``time_embedding.cond_proj``) and added to the timestep
@@ -73,10 +73,6 @@ class T5TextEncoder:
         enc = T5EncoderModel.from_pretrained(folder / "text_encoder", local_files_only=True, dtype=dtype,
                                              device_map={"": str(device)})
         return cls(tok, enc, device, dtype)
-
-    def count_truncated(self, prompts: Sequence[str]) -> int:
-        ids = self.tokenizer(list(prompts), truncation=False)["input_ids"]
-        return sum(len(x) > T5_MAX_LENGTH for x in ids)
 
     @torch.inference_mode()
     def __call__(self, prompts: Sequence[str]) -> torch.Tensor:

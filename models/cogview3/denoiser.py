@@ -1,4 +1,4 @@
-"""The CogView3 denoiser D(x, t): eps-parametrised UNet in the sigma variable, with CFG (spec §3).
+"""The CogView3 denoiser D(x, t): eps-parametrised UNet in the sigma variable, with CFG (docs/reference.md §3).
 
     D(x, sigma) = x - sigma * eps_theta(x / sqrt(1 + sigma^2), t, c)
 

@@ -1,9 +1,23 @@
 """CogView3 samplers: plain functions of a denoiser, a starting tensor and a timestep grid.
 
-Notation (paper §3 and Algorithm 1; spec §4). The state is the variance-exploding latent
-x_t = z0 + sigma_t * eps. A *denoiser* ``denoiser(x, t) -> x0_hat`` returns the prediction of z0 for a
-batch x at integer timestep t (classifier-free guidance, if any, lives inside it; see
-:mod:`models.cogview3.denoiser`). Grids come from :mod:`models.cogview3.schedule`.
+Notation (docs/reference.md §3-§4; one letter per concept):
+
+- ``x`` the sampler state, the variance-exploding latent x = z0 + sigma * eps (eps unit Gaussian);
+- ``z0`` the clean latent, ``z^L`` (``z_lr``) the upsampled low-resolution latent of the relay stage;
+- ``D`` the denoiser output, ``denoiser(x, t) -> x0 prediction`` at integer timestep t (classifier-free
+  guidance, if any, lives inside it; see :mod:`models.cogview3.denoiser`);
+- ``sigma`` the noise level of a grid timestep (:func:`models.cogview3.schedule.sampler_sigmas`, with
+  sigma = 0 after the last grid point);
+- ``slope`` the Euler derivative (x - D) / sigma of the base sampler;
+- ``f`` the blur fraction, B_f(z) = (1 - f) z + f z^L the linear blur toward z^L;
+- ``a, b, c`` the relay coefficients on x, D and z^L; ``delta_t`` the stochastic degree of a relay step
+  (standard deviation of the fresh noise eps' it adds); ``k`` the number of relay steps remaining.
+
+Equation numbers are those of the paper (arXiv 2403.05121v1) as docs/reference.md §4.3 maps them:
+eqs. 4-5 the linearly blurred forward process, eqs. 6-9 the DDIM-style relay step with delta_t in
+eq. 7, Algorithm 1 the relay sampler. Subscripts count grid positions (x_t, then x_{t-1}); primes mark
+the next grid point (sigma', f'). Algorithm 1's step counter t is ``k`` here, as t already names the
+integer timestep.
 """
 
 from __future__ import annotations
@@ -18,12 +32,13 @@ Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def ddim_sample(denoiser: Denoiser, noise: torch.Tensor, timesteps: Sequence[int]) -> torch.Tensor:
-    """Base-stage sampler: deterministic DDIM (eta = 0) in the sigma variable.
+    """Base-stage sampler: deterministic DDIM (eta = 0) in the sigma variable (docs/reference.md §4.2).
 
-    x_T = eps * sqrt(1 + sigma_T^2), and for each step (the Euler step of the probability-flow ODE
-    dx/dsigma = (x - D(x)) / sigma, which is exactly DDIM in these variables):
+    The official ``EulerEDMSampler`` with s_churn = 0. x_T = noise * sqrt(1 + sigma_T^2), then per step
+    the Euler step of the probability-flow ODE dx/dsigma = slope = (x - D(x)) / sigma, which is exactly
+    DDIM (eta = 0) in these variables:
 
-        x_{t-1} = x_t + (sigma_{t-1} - sigma_t) * (x_t - D(x_t)) / sigma_t
+        x_{t-1} = x_t + (sigma_{t-1} - sigma_t) * slope
                 = D + (sigma_{t-1} / sigma_t) * (x_t - D)
 
     with sigma after the last grid point = 0, so the last step returns D. ``noise`` is unit Gaussian.
@@ -32,17 +47,22 @@ def ddim_sample(denoiser: Denoiser, noise: torch.Tensor, timesteps: Sequence[int
     x = noise.float() * torch.sqrt(1.0 + sig[0] ** 2)
     for i, t in enumerate(timesteps):
         denoised = denoiser(x, int(t)).float()
-        d = (x - denoised) / sig[i]
-        x = x + (sig[i + 1] - sig[i]) * d
+        slope = (x - denoised) / sig[i]
+        x = x + (sig[i + 1] - sig[i]) * slope
     return x
 
 
 def relay_fractions(timesteps: Sequence[int], blending: str = "step", t_r: int | None = None) -> list[float]:
     """Blur fraction f of each relay step, plus f = 0 after the last one.
 
-    The relay trains on the blurred target B_f(z0) = (1 - f) z0 + f z^L (eq. 4/5 with the linear blur).
-    - ``step`` (official sampler): f = k / N with k = N, N-1, ..., 1 the steps remaining;
-    - ``time`` (the paper's training): f = t / T_r with t the DDPM timestep (clipped to 1).
+    The relay model is trained on x = B_f(z0) + sigma * eps with B_f(z0) = (1 - f) z0 + f z^L, the
+    linear blur of eqs. 4-5 (docs/reference.md §4.4). Two choices of f per step:
+
+    - ``step`` (the official sampler, the default): f = k / N with k = N, N-1, ..., 1 the steps remaining;
+    - ``time`` (the paper's and the official training schedule): f = t / T_r with t the DDPM timestep
+      (clipped to 1).
+
+    They differ slightly on a real grid (24/12 grid: 11/12 = 0.9167 vs 457/500 = 0.914).
     """
     n = len(timesteps)
     if blending == "step":
@@ -60,15 +80,22 @@ def relay_coefficients(
     t_r: int | None = None,
     delta: float | Sequence[float] = 0.0,
 ) -> list[tuple[float, float, float, float]]:
-    """(a, b, c, d) per step of Algorithm 1: x_{t-1} = a x_t + b x0_hat + c z^L + d eps'.
+    """(a, b, c, delta_t) per relay step: x_{t-1} = a x_t + b D + c z^L + delta_t eps'.
 
-    A DDIM step on the "blurred x0 + sigma eps" manifold (eq. 6-9): with B_f(D) the blur at fraction f,
+    These are the coefficients of the official closed form (``LinearRelayEDMSampler``,
+    docs/reference.md §4.3), a DDIM step on the manifold of "blurred x0 + sigma eps" (eqs. 6-9):
 
-        x_{t-1} = B_{f'}(D) + a (x_t - B_f(D)) + delta_t eps',   a = sqrt(sigma'^2 - delta_t^2) / sigma
+        x_{t-1} = B_{f'}(D) + a (x_t - B_f(D)) + delta_t eps',    a = sqrt(sigma'^2 - delta_t^2) / sigma
 
-    so b = (1 - f') - a (1 - f) and c = f' - a f, and a + b + c = 1. ``delta`` is the stochastic degree
-    of eq. 7: a fraction eta of sigma' (delta_t = eta * sigma'), or one delta_t per step; 0 gives the
-    deterministic sampler of the official code.
+    with B_f(z) = (1 - f) z + f z^L, f and f' the blur fractions of this step and the next
+    (:func:`relay_fractions`), sigma and sigma' the noise levels of this grid point and the next. Expanding
+    B gives b = (1 - f') - a (1 - f) and c = f' - a f, so a + b + c = 1. With ``blending="step"`` and
+    delta_t = 0 this is the official update term for term: in its r and beta, a = r = sigma'/sigma,
+    c = -beta and b = 1 - r + beta.
+
+    ``delta`` is the stochastic degree delta_t of eq. 7: one number eta, giving delta_t = eta * sigma' at
+    every step, or one delta_t per step (each in [0, sigma']). The official code is deterministic
+    (delta_t = 0, the default). How the closed form relates to Algorithm 1: see :func:`relay_sample`.
     """
     sig = sampler_sigmas(list(timesteps)).double()
     f = relay_fractions(timesteps, blending, t_r)
@@ -78,13 +105,13 @@ def relay_coefficients(
         raise ValueError(f"need one delta per relay step ({n}), got {len(deltas)}")
     out = []
     for i in range(n):
-        s, s_next = float(sig[i]), float(sig[i + 1])
-        if not 0.0 <= deltas[i] <= s_next:
-            raise ValueError(f"delta_t must lie in [0, sigma_(t-1)] = [0, {s_next:.6f}], got {deltas[i]}")
-        a = (s_next**2 - deltas[i] ** 2) ** 0.5 / s
+        sigma, sigma_next, delta_t = float(sig[i]), float(sig[i + 1]), deltas[i]
+        if not 0.0 <= delta_t <= sigma_next:
+            raise ValueError(f"delta_t must lie in [0, sigma_(t-1)] = [0, {sigma_next:.6f}], got {delta_t}")
+        a = (sigma_next**2 - delta_t**2) ** 0.5 / sigma
         b = (1.0 - f[i + 1]) - a * (1.0 - f[i])
         c = f[i + 1] - a * f[i]
-        out.append((a, b, c, deltas[i]))
+        out.append((a, b, c, delta_t))
     return out
 
 
@@ -98,23 +125,50 @@ def relay_sample(
     delta: float | Sequence[float] = 0.0,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """Relay super-resolution (Algorithm 1): start from the upsampled low-resolution latent.
+    """Relay super-resolution from the upsampled low-resolution latent ``z_lr`` (z^L); returns the final latent.
 
-    x_{T_r} = z^L + sigma_{T_r} * noise   (no blur at the start: f = 1 there), then per step
-    x_{t-1} = a_t x_t + b_t D(x_t, t) + c_t z^L (+ delta_t eps'), coefficients from
-    :func:`relay_coefficients`. ``timesteps`` is the descending relay grid, e.g. ``timesteps(24)[12:]``;
-    ``noise`` is unit Gaussian shaped like ``z_lr``; ``generator`` (one per sample, or one) draws eps'
-    when ``delta`` > 0. Returns the final latent.
+    Start: x = z^L + sigma_0 * noise at the first grid timestep (no blur there: f = 1, so B_1(D) = z^L).
+    Step: x_{t-1} = a x_t + b D(x_t, t) + c z^L (+ delta_t eps'), i.e. the official closed form
+
+        x_{t-1} = B_{f'}(D) + a (x_t - B_f(D)) (+ delta_t eps')
+
+    with the coefficients of :func:`relay_coefficients`. ``timesteps`` is the descending relay grid,
+    e.g. ``relay_timesteps(500, 12)`` = ``timesteps(24)[12:]``; ``noise`` is unit Gaussian shaped like
+    ``z_lr``; ``generator`` (one per sample, or one) draws eps' when delta_t > 0.
+
+    Where this follows the official code (docs/reference.md §4.3) rather than the paper's text:
+    B_f is formed from the *current* D at every step (below); the blur fraction defaults to the step
+    counter k / N, not t / T_r (``blending``); delta_t defaults to 0; the grid starts at the first
+    timestep below T_r (499 for T_r = 500).
+
+    Relation to Algorithm 1. Count steps by k = N, ..., 1 (steps remaining), take f_k = k / N and
+    delta_t = 0, write D_k for the denoiser output at step k and a_k = sigma_{k-1} / sigma_k. The code:
+
+        x_{k-1} = B_{(k-1)/N}(D_k) + a_k (x_k - B_{k/N}(D_k)).
+
+    Algorithm 1 instead carries a running estimate of the blurred target from step to step,
+    z0^N = z^L and z0^{k-1} = z0^k + (D_k - z0^k) / k, and takes the same DDIM step around it,
+    x_{k-1} = z0^{k-1} + a_k (x_k - z0^k).
+
+    - D_k = D at every step: if z0^k = B_{k/N}(D), then
+      z0^{k-1} = ((k-1)/k) B_{k/N}(D) + D/k = (1 - (k-1)/N) D + ((k-1)/N) z^L = B_{(k-1)/N}(D);
+      since z0^N = z^L = B_1(D), this holds at every k and the two samplers take identical steps.
+    - D changing from step to step (the real case: D depends on x_t and t): unrolling gives, for k >= 2,
+      z0^{k-1} = ((k-1)/N) z^L + (k-1) * sum_{s=k..N} D_s / (s (s-1)),
+      i.e. weight (k-1)/(s (s-1)) on every past output D_s (total 1 - (k-1)/N), where the code puts
+      that whole weight on the current D_k. The trajectories then differ; both end on the last D
+      (a_1 = 0), but evaluated at different x_1. The 1/k update also presumes f = k/N; the closed
+      form takes any f, which is how ``blending="time"`` works.
     """
     sig = sampler_sigmas(list(timesteps))
     coeffs = relay_coefficients(timesteps, blending, t_r, delta)
     z_lr = z_lr.float()
     x = z_lr + sig[0] * noise.float()
-    for (a, b, c, d), t in zip(coeffs, timesteps):
+    for (a, b, c, delta_t), t in zip(coeffs, timesteps):
         denoised = denoiser(x, int(t)).float()
         x = a * x + b * denoised + c * z_lr
-        if d > 0:
-            x = x + d * _randn_like(x, generator)
+        if delta_t > 0:
+            x = x + delta_t * _randn_like(x, generator)
     return x
 
 

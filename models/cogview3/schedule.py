@@ -1,4 +1,4 @@
-"""CogView3's noise schedule and timestep grids (spec §3, §4.1).
+"""CogView3's noise schedule and timestep grids (docs/reference.md §3, §4.1).
 
 The official code (a fork of Stability's sgm) trains on the SD/SDXL scaled-linear DDPM schedule and
 samples in the variance-exploding variable x = z0 + sigma * eps, with
@@ -6,6 +6,9 @@ samples in the variance-exploding variable x = z0 + sigma * eps, with
     sigma_t = sqrt((1 - abar_t) / abar_t)
 
 and the network fed the *integer* timestep t whose training sigma is nearest to the sampler's sigma.
+Every sampler sigma here is a training sigma (``sampler_sigmas`` indexes ``sigmas()`` by the grid), so
+the samplers pass the grid's t directly; tests/test_cogview3_schedule.py checks that the nearest training
+sigma of each sampler sigma is indeed at index t.
 """
 
 from __future__ import annotations
@@ -50,12 +53,6 @@ def timesteps(n: int) -> list[int]:
     if not 1 <= n <= NUM_TRAIN_TIMESTEPS:
         raise ValueError(f"number of steps must be in 1..1000, got {n}")
     return [int(t) for t in np.linspace(NUM_TRAIN_TIMESTEPS - 1, 0, n, endpoint=False).astype(int)]
-
-
-def sigma_to_timestep(sigma: torch.Tensor | float) -> torch.Tensor:
-    """Quantise sigma to the integer timestep with the nearest training sigma (``quantize_c_noise``)."""
-    sig = torch.as_tensor(sigma, dtype=torch.float32)
-    return (sig.reshape(-1, 1) - sigmas().reshape(1, -1)).abs().argmin(dim=1).reshape(sig.shape)
 
 
 def sampler_sigmas(grid: list[int]) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""CogView3's UNet as a diffusers ``UNet2DConditionModel`` (spec §2.1).
+"""CogView3's UNet as a diffusers ``UNet2DConditionModel`` (docs/reference.md §2.1).
 
 SDXL's topology (320 channels, multipliers 1/2/4, transformer depths 1/2/10, 64-d heads, linear
 projections, conv down/nearest-up), with
