@@ -19,6 +19,7 @@ import copy
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.systems import input_chain
 
 SWEEP_SOURCE = "cogview3"  # the paper's relay system (50 base + 10 relay steps from T_r = 500)
 EXPANDED_SUFFIX = "-expanded"
@@ -75,10 +76,7 @@ def derive_systems(config: dict[str, Any]) -> dict[str, dict]:
         for i, name in enumerate(exp.get("systems", [])):
             if name not in config["systems"]:
                 raise ConfigError(f"config key 'expansion.systems.{i}': {name!r} is not a system in this config")
-            chain = [name]
-            while systems[chain[0]].get("input"):
-                chain.insert(0, systems[chain[0]]["input"])
-            for stage in chain:
+            for stage in input_chain(systems, name):
                 twin = expanded_name(stage)
                 if twin in config["systems"] and config["systems"][twin].get("ablation") != "expansion":
                     raise ConfigError(f"config key 'systems.{twin}': the name is taken by the expansion ablation")

@@ -15,6 +15,10 @@
 
 The config is read from ``--config`` (YAML; default config/config.yaml) or from the snapshot the
 Snakefile writes (``--config-snapshot``), so a rule and a hand-run command see the same values.
+
+Exit status: 0 success; 1 the regression gate found a breach; 2 a usage, config or input error (one
+message naming the file, key or value); 3 a crash (a bug or a failing environment: the traceback is
+printed).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub at run time
+
+EXIT_OK, EXIT_BREACH, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3  # see the module docstring
 
 
 def _config(args) -> dict:
@@ -56,7 +62,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_merge(args) -> None:
-    from harness.runner import merge_manifests
+    from harness.manifests import merge_manifests
 
     rows = merge_manifests(args.inputs, args.out)
     print(f"merged {len(args.inputs)} shard manifests ({len(rows)} images) -> {args.out}")
@@ -94,7 +100,7 @@ def cmd_regression(args) -> int:
     ok = run_regression(_config(args), args.out, update_golden=args.update_golden)
     print(open(args.out).read())
     print(f"wrote {args.out} (+ .json, .junit.xml): {'PASS' if ok else 'FAIL'}")
-    return 0 if ok else 1
+    return EXIT_OK if ok else EXIT_BREACH
 
 
 def cmd_timecost(args) -> None:
@@ -107,10 +113,10 @@ def cmd_timecost(args) -> None:
 
 
 def cmd_scorer_speed(args) -> None:
-    from harness.scorer_speed import run_scorer_speed
+    from harness.scorer_speed import SPEED_METRICS, run_scorer_speed
 
     _threads(args.threads)
-    out = run_scorer_speed(_config(args), args.out, metrics=args.metrics, n_images=args.images,
+    out = run_scorer_speed(_config(args), args.out, metrics=args.metrics or SPEED_METRICS, n_images=args.images,
                            image_size=args.image_size, batch_size=args.batch_size, scale=args.scale, device=args.device)
     print(f"wrote {out}")
 
@@ -154,10 +160,10 @@ def cmd_validate(args) -> int:
               f"--config {args.config}):", file=sys.stderr)
         for i, problem in enumerate(report.problems, 1):
             print(f"  {i}. {problem}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print(f"config OK: profile {cfg['profile']}, {len(cfg['systems'])} systems, benchmarks {', '.join(cfg['benchmarks'])}; "
           "every weights file and prompt file is in place")
-    return 0
+    return EXIT_OK
 
 
 def cmd_preflight(args) -> int:
@@ -166,7 +172,7 @@ def cmd_preflight(args) -> int:
     cfg = _config(args)
     report = run_preflight(cfg)
     print(render(report, cfg, args.config_snapshot or args.config, hash_files=not args.no_hash))
-    return 0 if report.ok else 2
+    return EXIT_OK if report.ok else EXIT_USAGE
 
 
 def cmd_fixtures(args) -> None:
@@ -180,13 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", default="config/config.yaml", help="config YAML (default: %(default)s)")
     common.add_argument("--config-snapshot", help="validated config JSON written by the Snakefile")
     common.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    from harness import __version__
+    from harness.prompts import BENCHMARKS
+    from harness.scorers.registry import SCORERS
+
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"cogview3-harness {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     _add_parser = sub.add_parser
     sub.add_parser = lambda *a, **k: _add_parser(*a, parents=[common], **k)  # every command takes the options
 
     g = sub.add_parser("generate", help="generate (or resume) images for one benchmark and system")
-    g.add_argument("--benchmark", required=True)
+    g.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
     g.add_argument("--system", required=True)
     g.add_argument("--shard", type=int, default=0)
     g.add_argument("--shards", type=int, default=1)
@@ -198,9 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("score", help="score systems' images on one benchmark with one metric")
-    s.add_argument("--benchmark", required=True)
+    s.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
     s.add_argument("--systems", nargs="+", required=True)
-    s.add_argument("--metric", required=True)
+    s.add_argument("--metric", required=True, choices=list(SCORERS))
     s.set_defaults(func=cmd_score)
 
     for name, what in (("table1", "Table 1 (DrawBench, PartiPrompts)"), ("table2", "Table 2 (COCO-5k)"),
@@ -210,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.set_defaults(func=cmd_table)
 
     e = sub.add_parser("expand", help="expand a benchmark's prompts (cached) for systems with expand: true")
-    e.add_argument("--benchmark", required=True)
+    e.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
     e.set_defaults(func=cmd_expand)
 
     r = sub.add_parser("regression", help="the regression gate: exit 1 when a threshold is breached")
@@ -227,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("scorer-speed", help="time our batched scorers against the reference per-image APIs")
     sp.add_argument("--out", required=True)
-    sp.add_argument("--metrics", nargs="+", default=["hpsv2", "imagereward", "aesthetic", "fid"])
+    sp.add_argument("--metrics", nargs="+", default=None, choices=list(SCORERS),
+                    help="default: every metric with a reference to compare with")
     sp.add_argument("--images", type=int, default=16)
     sp.add_argument("--image-size", type=int, default=512)
     sp.add_argument("--batch-size", type=int, default=16)
@@ -270,10 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # a usage error exits 2 (argparse)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args) or 0
+        return args.func(args) or EXIT_OK
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except Exception:  # not the user's input: keep the traceback, and never look like a breach (1)
+        import traceback
+
+        traceback.print_exc()
+        print(f"crash: `python -m harness {args.command}` failed unexpectedly (exit {EXIT_CRASH}); "
+              "the traceback above says where", file=sys.stderr)
+        return EXIT_CRASH

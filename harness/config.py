@@ -67,6 +67,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     _check_expansion(config["expansion"])
     config["humaneval"] = apply_defaults(config["humaneval"], schema["properties"]["humaneval"])
 
+    _check_benchmarks(config)
+
     from harness.ablations import derive_systems
 
     config["systems"] = derive_systems(config)
@@ -89,6 +91,18 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 f"config key 'weights.{metric}': missing; metric {metric!r} needs its checkpoint path or `tiny`"
             )
     return config
+
+
+def _check_benchmarks(config: dict[str, Any]) -> None:
+    """Benchmark names are checked against the registry, where they are declared (not the schema)."""
+    from harness.prompts import BENCHMARKS
+
+    named = [(f"benchmarks.{i}", b) for i, b in enumerate(config["benchmarks"])]
+    named += [(f"expansion.benchmarks.{i}", b) for i, b in enumerate(config["expansion"].get("benchmarks") or [])]
+    named.append(("humaneval.benchmark", config["humaneval"]["benchmark"]))
+    for key, name in named:
+        if name not in BENCHMARKS:
+            raise ConfigError(f"config key '{key}': unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
 
 
 def _check_expansion(exp: dict[str, Any]) -> None:

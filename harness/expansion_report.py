@@ -14,13 +14,18 @@ from typing import Any
 from harness.ablations import expansion_pairs
 from harness.errors import HarnessError
 from harness.io import atomic_write_text
+from harness.prompts import BENCHMARKS
+from harness.render import banner
+from harness.scorers.registry import scorer_class
+from harness.scores import ScoreReader
 from harness.stats import bootstrap_mean, paired_bootstrap
-from harness.tables import BENCHMARK_TITLES, ScoreReader, header_line, table1_metrics
+from harness.tables import image_metrics
 
 
 def expansion_benchmarks(config: dict[str, Any]) -> list[str]:
+    """``expansion.benchmarks``, or every configured prompt set without reference images."""
     chosen = config["expansion"].get("benchmarks")
-    return list(chosen) if chosen else [b for b in config["benchmarks"] if b != "coco5k"]
+    return list(chosen) if chosen else [b for b in config["benchmarks"] if not BENCHMARKS[b].has_references]
 
 
 def truncation_counts(config: dict[str, Any], system: str, originals: list[str], expanded: list[str]) -> dict[str, Any]:
@@ -42,21 +47,21 @@ def write_expansion_report(config: dict[str, Any], out: str | Path) -> Path:
     pairs = expansion_pairs(config)
     if not pairs:
         raise HarnessError("the expansion ablation needs `expansion: {enabled: true, systems: [...]}` in the config")
-    metrics = [(m, label) for m, label in table1_metrics(config) if m in config["metrics"]]
+    metrics = image_metrics(config)
     reader = ScoreReader(config)
-    lines = [header_line(config), "", "# Prompt expansion ablation (paper Fig. 7/8)", "",
+    lines = [banner(config), "", "# Prompt expansion ablation (paper Fig. 7/8)", "",
              f"Expander: `{config['expansion']['backend']}`. Cells: mean [95% CI over prompts] (N); "
              "Δ = with − without, paired bootstrap on the same prompts and seeds.", ""]
     for bench in expansion_benchmarks(config):
-        lines += [f"## {BENCHMARK_TITLES[bench]}", "",
+        lines += [f"## {BENCHMARKS[bench].title}", "",
                   "| System | Metric | without expansion | with expansion | Δ (with − without), p |", "|---|---|---|---|---|"]
         for system, twin in pairs:
-            for metric, label in metrics:
+            for metric in metrics:
                 a, b = reader.read(bench, twin, metric).per_prompt(), reader.read(bench, system, metric).per_prompt()
                 d = paired_bootstrap(a, b, seed=config["seed"])
-                lines.append(f"| {system} | {label} | {bootstrap_mean(list(b.values()), seed=config['seed']).fmt()} | "
+                lines.append(f"| {system} | {scorer_class(metric).heading()} | {bootstrap_mean(list(b.values()), seed=config['seed']).fmt()} | "
                              f"{bootstrap_mean(list(a.values()), seed=config['seed']).fmt()} | {d.fmt()} |")
-        lines += ["", f"### Prompts truncated by the text encoder ({BENCHMARK_TITLES[bench]})", "",
+        lines += ["", f"### Prompts truncated by the text encoder ({BENCHMARKS[bench].title})", "",
                   "| System | Text encoder limit (tokens) | Tokenizer | original prompts over the limit | expanded prompts over the limit |",
                   "|---|---|---|---|---|"]
         prompts = load_prompts(bench, config["data_dir"], config["num_prompts"])

@@ -13,6 +13,12 @@ from typing import Any, Iterable
 from PIL import Image
 
 
+def digest(obj: Any) -> str:
+    """Stable short digest of a JSON-able object (fingerprints, cache keys)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,3 +20,9 @@ def paper_value(table: str, benchmark: str, row: str | int, metric: str) -> floa
     """The paper's number for one cell, or None where the paper has none (or it is not entered)."""
     value = (((paper_values().get(table) or {}).get(benchmark) or {}).get(row) or {}).get(metric)
     return None if value is None else float(value)
+
+
+def paper_time_cost(system: str) -> float | None:
+    """Table 1's time cost of a system (seconds per batch of 4 on one A100), by config/paper.yaml's names."""
+    value = (paper_values().get("time_cost_s") or {}).get(system)
+    return None if value is None else float(value)

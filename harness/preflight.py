@@ -103,27 +103,26 @@ def check_weights(config: dict[str, Any]) -> list[EntryCheck]:
 
 def check_data(config: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(one line per benchmark, problems): prompt files and, for FID/KID, the reference images."""
-    from harness.prompts import load_prompts, reference_images
+    from harness.prompts import benchmark, load_prompts, reference_images
     from harness.scorers.registry import scorer_class
 
     lines, problems = [], []
-    set_metrics = [m for m in config["metrics"] if scorer_class(m).kind == "set"]
-    for benchmark in config["benchmarks"]:
+    set_metrics = [m for m in config["metrics"] if scorer_class(m).set_metric]
+    for name in config["benchmarks"]:
         try:
-            prompts = load_prompts(benchmark, config["data_dir"], config["num_prompts"])
+            prompts = load_prompts(name, config["data_dir"], config["num_prompts"])
         except HarnessError as err:
-            problems.append(f"benchmark {benchmark}: {err}")
+            problems.append(f"benchmark {name}: {err}")
             continue
-        line = f"{benchmark}: {len(prompts)} prompts"
-        if benchmark == "coco5k" and set_metrics:
-            refs = reference_images(config["data_dir"], prompts)
+        line = f"{name}: {len(prompts)} prompts"
+        if benchmark(name).has_references and set_metrics:
+            refs = reference_images(name, config["data_dir"], prompts)
             missing = [p for p in refs if not p.is_file()]
             line += f"; reference images for {'/'.join(set_metrics)}: {len(refs) - len(missing)}/{len(refs)} present"
             if missing:
                 problems.append(
-                    f"benchmark coco5k: {len(missing)} of {len(refs)} COCO val2017 reference images are missing in "
-                    f"{missing[0].parent} (first: {missing[0].name}); put the val2017 images there "
-                    "(README 'Weights', 'Prompt data')")
+                    f"benchmark {name}: {len(missing)} of {len(refs)} reference images are missing in "
+                    f"{missing[0].parent} (first: {missing[0].name}); put them there (README 'Weights', 'Prompt data')")
         lines.append(line)
     return lines, problems
 
@@ -180,7 +179,8 @@ def planned_jobs(config: dict[str, Any]) -> list[tuple[str, str]]:
     """Every (benchmark, system) generation the DAG's tables and ablations ask for, stages included."""
     from harness.ablations import expansion_pairs, tr_sweep_points
     from harness.expansion_report import expansion_benchmarks
-    from harness.tables import final_systems, stage_chain, table3_benchmark
+    from harness.systems import final_systems, stage_chain
+    from harness.tables import table3_benchmark
 
     wanted: list[tuple[str, str]] = []
     groups = [(config["benchmarks"], final_systems(config))]
@@ -204,13 +204,11 @@ def plan(config: dict[str, Any]) -> list[dict[str, Any]]:
     stages, so its stages count 0. Every other job is scaled from SDXL's paper time by UNet
     evaluations times pixels (an estimate that ignores text encoders and VAEs).
     """
+    from harness.paper import paper_time_cost
     from harness.prompts import load_prompts
-    from harness.tables import final_systems, stage_chain
+    from harness.systems import final_systems, stage_chain
 
-    from harness.paper import paper_values
-
-    paper = paper_values()["time_cost_s"]
-    covered = {stage for s in final_systems(config) if s in paper for stage in stage_chain(config, s)[:-1]}
+    covered = {stage for s in final_systems(config) if paper_time_cost(s) for stage in stage_chain(config, s)[:-1]}
     rows, counts = [], {}
     for benchmark, system in planned_jobs(config):
         if benchmark not in counts:
@@ -220,8 +218,8 @@ def plan(config: dict[str, Any]) -> list[dict[str, Any]]:
                 counts[benchmark] = 0  # reported by check_data
         images = counts[benchmark] * config["samples_per_prompt"]
         evals, units = _unet_evaluations(config, system)
-        if system in paper:
-            seconds, source = paper[system] / 4, "paper time (all stages)"
+        if paper_time_cost(system) is not None:
+            seconds, source = paper_time_cost(system) / 4, "paper time (all stages)"
         elif system in covered:
             seconds, source = 0.0, "in its row's paper time"
         else:

@@ -8,6 +8,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from harness.errors import HarnessError
 
@@ -67,9 +68,6 @@ SMOKE_PROMPTS: tuple[tuple[str, str], ...] = (
     ("A bannana and a straberry on a ceramic plate.", "Misspellings"),
     ("A teddy bear made of glass, studio lighting.", "DALL-E"),
 )
-
-BENCHMARKS = ("smoke", "drawbench", "parti", "coco5k")
-
 
 def _checked(data_dir: Path, spec: PromptFile, benchmark: str) -> Path:
     path = Path(data_dir) / spec.relative
@@ -137,18 +135,53 @@ def _smoke(_data_dir: Path) -> list[Prompt]:
     return [Prompt(f"s{i:02d}", text, cat) for i, (text, cat) in enumerate(SMOKE_PROMPTS)]
 
 
-_LOADERS = {"smoke": _smoke, "drawbench": _drawbench, "parti": _parti, "coco5k": _coco5k}
+def _coco_val2017_images(data_dir: Path, prompts: list[Prompt]) -> list[Path]:
+    return [Path(data_dir) / "coco" / "val2017" / p.extra["file_name"] for p in prompts]
 
 
-def load_prompts(benchmark: str, data_dir: str | Path = "data", num_prompts: int | None = None) -> list[Prompt]:
+@dataclass(frozen=True)
+class Benchmark:
+    """A prompt set and the facts every report and rule reads about it."""
+
+    name: str  # as in the config's ``benchmarks:`` list
+    title: str  # as the tables print it
+    load: Callable[[Path], list[Prompt]]
+    #: prompt fields the per-category breakdowns group by
+    category_fields: tuple[str, ...] = ()
+    #: data_dir, prompts -> the reference image of each prompt (set metrics such as FID need them)
+    references: Callable[[Path, list[Prompt]], list[Path]] | None = None
+    #: the paper's tables that report this benchmark
+    paper_tables: tuple[str, ...] = ()
+
+    @property
+    def has_references(self) -> bool:
+        return self.references is not None
+
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    Benchmark("drawbench", "DrawBench", _drawbench, ("category",), paper_tables=("table1", "table3")),
+    Benchmark("parti", "PartiPrompts", _parti, ("category", "challenge"), paper_tables=("table1",)),
+    Benchmark("coco5k", "COCO-5k", _coco5k, references=_coco_val2017_images, paper_tables=("table2",)),
+    Benchmark("smoke", "smoke set", _smoke, ("category",)),
+)}
+
+
+def benchmark(name: str) -> Benchmark:
+    if name not in BENCHMARKS:
+        raise HarnessError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[name]
+
+
+def load_prompts(name: str, data_dir: str | Path = "data", num_prompts: int | None = None) -> list[Prompt]:
     """The prompts of a benchmark in their canonical order, limited to the first ``num_prompts``."""
-    if benchmark not in _LOADERS:
-        raise HarnessError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
-    prompts = _LOADERS[benchmark](Path(data_dir))
+    prompts = benchmark(name).load(Path(data_dir))
     return prompts if num_prompts is None else prompts[:num_prompts]
 
 
-def reference_images(data_dir: str | Path, prompts: list[Prompt]) -> list[Path]:
-    """The COCO val2017 image of each COCO-5k prompt: the reference set of FID/KID."""
-    folder = Path(data_dir) / "coco" / "val2017"
-    return [folder / p.extra["file_name"] for p in prompts]
+def reference_images(name: str, data_dir: str | Path, prompts: list[Prompt]) -> list[Path]:
+    """The reference image of each prompt (COCO-5k: its val2017 image), the set FID/KID compare with."""
+    bench = benchmark(name)
+    if bench.references is None:
+        raise HarnessError(f"benchmark {name!r} has no reference images; set metrics (FID, KID) need a benchmark "
+                           f"that has them: {', '.join(b for b, x in BENCHMARKS.items() if x.has_references)}")
+    return bench.references(Path(data_dir), prompts)

@@ -18,7 +18,6 @@ pass silently). Outputs: Markdown, JSON and JUnit XML side by side.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,10 +29,10 @@ import yaml
 
 from harness.config import ROOT
 from harness.errors import ConfigError, HarnessError
-from harness.io import atomic_write_json, atomic_write_text, read_jsonl
-from harness.runner import manifest_path
-from harness.scoring import scores_path
-from harness.stats import per_prompt_table
+from harness.io import atomic_write_json, atomic_write_text
+from harness.manifests import images_digest, scores_path
+from harness.render import banner
+from harness.scores import load_scores
 
 CHECK_KEYS = {"benchmark", "system", "metric", "min", "max", "tolerance", "rel_tolerance"}
 
@@ -67,7 +66,7 @@ def load_thresholds(path: str | Path) -> dict[str, Any]:
 
 def current_values(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """'benchmark/system/metric' -> {value, n, images} for every score file the config produces."""
-    from harness.tables import scored_systems
+    from harness.systems import scored_systems
 
     out = {}
     for bench in config["benchmarks"]:
@@ -76,25 +75,10 @@ def current_values(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 path = scores_path(config["results_dir"], bench, system, metric)
                 if not path.is_file():
                     continue
-                data = json.loads(path.read_text())
-                if data.get("kind") == "set":
-                    value, n = float(data["value"]), int(data["n"])
-                else:
-                    by_prompt = per_prompt_table([r["prompt_id"] for r in data["rows"]], [r["score"] for r in data["rows"]])
-                    value, n = float(np.mean(list(by_prompt.values()))), len(by_prompt)
-                out[f"{bench}/{system}/{metric}"] = {"value": value, "n": n, "images": images_digest(config, bench, system)}
+                value, n = load_scores(path)[0].aggregate()
+                out[f"{bench}/{system}/{metric}"] = {"value": value, "n": n,
+                                                     "images": images_digest(config["results_dir"], bench, system)}
     return out
-
-
-def images_digest(config: dict[str, Any], benchmark: str, system: str) -> str:
-    """A digest of the system's image bytes (from the manifest's sha256s): says whether images changed."""
-    path = manifest_path(config["results_dir"], benchmark, system)
-    if not path.is_file():
-        return ""
-    h = hashlib.sha256()
-    for r in read_jsonl(path):
-        h.update(f"{r['prompt_id']}_{r['sample']}={r['sha256']}\n".encode())
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -106,6 +90,8 @@ class CheckResult:
     passed: bool
     message: str
     images_changed: bool | None = None
+    #: the move from the golden value: "better" / "worse" by the metric's higher_is_better, or ""
+    direction: str = ""
 
 
 def evaluate(thresholds: dict[str, Any], values: dict[str, dict], golden: dict[str, dict]) -> list[CheckResult]:
@@ -137,21 +123,30 @@ def evaluate(thresholds: dict[str, Any], values: dict[str, dict], golden: dict[s
                     band = c.get("tolerance", 0.0) + c.get("rel_tolerance", 0.0) * abs(g)
                     if not abs(v - g) <= band:
                         problems.append(f"moved {v - g:+.3g} from golden {g:.6g} (band ±{band:.3g})")
-            results.append(CheckResult(key, name, v, g, not problems, "; ".join(problems) or "ok", changed))
+            results.append(CheckResult(key, name, v, g, not problems, "; ".join(problems) or "ok", changed,
+                                       direction(key, v, g)))
     return results
 
 
-def render_markdown(config: dict[str, Any], results: list[CheckResult], thresholds_path: str, golden_path: str) -> str:
-    from harness.tables import header_line
+def direction(key: str, value: float, golden: float | None) -> str:
+    """Whether ``value`` moved from ``golden`` in the metric's good or bad direction."""
+    from harness.scorers.registry import scorer_class
 
+    if golden is None or value == golden or not np.isfinite(value):
+        return ""
+    up = value > golden
+    return "better" if up == scorer_class(key.rsplit("/", 1)[1]).higher_is_better else "worse"
+
+
+def render_markdown(config: dict[str, Any], results: list[CheckResult], thresholds_path: str, golden_path: str) -> str:
     failed = [r for r in results if not r.passed]
     verdict = f"**FAIL: {len(failed)} of {len(results)} checks breached**" if failed else f"**PASS: all {len(results)} checks hold**"
-    lines = [header_line(config), "", "# Regression gate", "", verdict, "",
+    lines = [banner(config), "", "# Regression gate", "", verdict, "",
              f"Thresholds: `{thresholds_path}`; golden: `{golden_path}`.", "",
-             "| Status | Value | Check | Current | Golden | Δ | Images changed | Detail |", "|---|---|---|---|---|---|---|---|"]
+             "| Status | Value | Check | Current | Golden | Δ (direction) | Images changed | Detail |", "|---|---|---|---|---|---|---|---|"]
     order = sorted(results, key=lambda r: (r.passed, -abs((r.value or 0) - (r.golden or 0)) if r.golden is not None else 0))
     for r in order:
-        delta = f"{r.value - r.golden:+.3g}" if r.value is not None and r.golden is not None else "–"
+        delta = f"{r.value - r.golden:+.3g} {r.direction}".rstrip() if r.value is not None and r.golden is not None else "–"
         cur = f"{r.value:.6g}" if r.value is not None else "–"
         gold = f"{r.golden:.6g}" if r.golden is not None else "–"
         changed = {True: "yes", False: "no", None: "–"}[r.images_changed]

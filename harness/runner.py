@@ -1,12 +1,9 @@
 """The generation runner: prompts x samples -> PNGs + a manifest, resumable and shardable.
 
-Layout under ``<results_dir>/<benchmark>/<system>/``::
-
-    images/<prompt_id>_<sample>.png      lossless PNG, written atomically
-    .state/shard-<i>-of-<n>.jsonl        working manifest, rewritten atomically after every batch
-    manifest.shard-<i>-of-<n>.jsonl      the shard's finished manifest (the Snakemake output)
-    manifest.jsonl                       all shards merged
-    system.json                          the system fingerprint the images were made with
+Paths and the manifest format: :mod:`harness.manifests`. Each job generates one shard (prompts
+``shard::shards``) and keeps a working manifest under ``.state/``, rewritten atomically after every
+batch; at the end it writes the shard's manifest, which with one shard is the final
+``manifest.jsonl`` (no merge job).
 
 The working manifest is not a Snakemake output on purpose: Snakemake deletes a job's outputs before
 running it, and resumption needs the rows of the run that was killed. A crash can lose at most the
@@ -24,28 +21,14 @@ from typing import Any
 from PIL import Image
 
 from harness.errors import HarnessError
-from harness.io import atomic_write_json, atomic_write_jsonl, read_jsonl, save_png, sha256_file
+from harness.io import atomic_write_json, atomic_write_jsonl, digest, read_jsonl, save_png, sha256_file
+from harness.manifests import (image_name, open_row_image, ordered, read_manifest, row_key, rows_by_key,
+                               shard_manifest_path, system_dir)
 from harness.prompts import Prompt, load_prompts
 from harness.seeds import sample_seed
-from models.base import System, digest
+from models.base import System
 
 log = logging.getLogger(__name__)
-
-
-def system_dir(results_dir: str | Path, benchmark: str, system: str) -> Path:
-    return Path(results_dir) / benchmark / system
-
-
-def shard_manifest_path(results_dir, benchmark, system, shard: int, shards: int) -> Path:
-    return system_dir(results_dir, benchmark, system) / f"manifest.shard-{shard}-of-{shards}.jsonl"
-
-
-def manifest_path(results_dir, benchmark, system) -> Path:
-    return system_dir(results_dir, benchmark, system) / "manifest.jsonl"
-
-
-def image_name(prompt_id: str, sample: int) -> str:
-    return f"{prompt_id}_{sample}.png"
 
 
 @dataclass
@@ -82,24 +65,8 @@ def shard_items(prompts: list[Prompt], benchmark: str, run_seed: int, samples: i
 
 def load_input_images(results_dir, benchmark: str, upstream: str) -> tuple[dict[tuple[str, int], dict], str]:
     """Rows of an upstream system's manifest by (prompt id, sample), and its fingerprint digest."""
-    path = manifest_path(results_dir, benchmark, upstream)
-    if not path.is_file():
-        raise HarnessError(f"input system {upstream!r} has no manifest at {path}; generate it first")
-    rows = read_jsonl(path)
-    fps = {r["system_fingerprint"] for r in rows}
-    if len(fps) != 1:
-        raise HarnessError(f"{path} mixes images from {len(fps)} system fingerprints; regenerate {upstream!r}")
-    return {(r["prompt_id"], r["sample"]): r for r in rows}, fps.pop()
-
-
-def open_checked(path: Path, sha256: str) -> Image.Image:
-    """An image a manifest lists, as RGB; missing or altered files are errors, never skipped."""
-    if not path.is_file():
-        raise HarnessError(f"image {path} listed in its manifest is missing; rerun its generation job")
-    if sha256_file(path) != sha256:
-        raise HarnessError(f"image {path} does not match the sha256 in its manifest; delete it and rerun to regenerate")
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    rows = read_manifest(results_dir, benchmark, upstream)
+    return rows_by_key(rows), rows[0]["system_fingerprint"] if rows else ""
 
 
 def run_generation(
@@ -147,7 +114,7 @@ def run_generation(
     if state_path.is_file():
         wanted = {it.key for it in items}
         for row in read_jsonl(state_path):
-            key = (row["prompt_id"], row["sample"])
+            key = row_key(row)
             if key not in wanted:
                 continue  # prompt set was limited differently last time
             if row["system_fingerprint"] != fp_digest:
@@ -181,8 +148,7 @@ def run_generation(
             missing = [it.key for it in batch if it.key not in upstream_rows]
             if missing:
                 raise HarnessError(f"input system {spec['input']!r} has no image for prompt {missing[0][0]} sample {missing[0][1]}")
-            up = system_dir(results_dir, benchmark, spec["input"])
-            inputs = [open_checked(up / upstream_rows[it.key]["image"], upstream_rows[it.key]["sha256"]) for it in batch]
+            inputs = [open_row_image(results_dir, benchmark, spec["input"], upstream_rows[it.key]) for it in batch]
         texts = [prompt_text[it.prompt.id] for it in batch]
         t0 = time.perf_counter()
         images = system.generate(texts, [it.seed for it in batch], inputs)
@@ -211,36 +177,16 @@ def run_generation(
                 "batch_size": len(batch),
             }
         # The state file is rewritten after every batch: a kill loses at most this batch.
-        atomic_write_jsonl(state_path, _ordered(done.values()))
+        atomic_write_jsonl(state_path, ordered(done.values()))
         if bar:
             bar.update(len(batch))
     if bar:
         bar.close()
 
-    rows = _ordered(done.values())
+    rows = ordered(done.values())
     if len(rows) != len(items):
         raise RuntimeError(f"{len(items)} items expected, {len(rows)} present")
     atomic_write_jsonl(state_path, rows)
     out = shard_manifest_path(results_dir, benchmark, system_name, shard, shards)
     atomic_write_jsonl(out, rows)
     return GenerationSummary(total=len(items), generated=len(todo), kept=len(items) - len(todo), manifest=out)
-
-
-def _ordered(rows) -> list[dict]:
-    return sorted(rows, key=lambda r: (r["prompt_index"], r["sample"]))
-
-
-def merge_manifests(shard_paths: list[str | Path], out: str | Path) -> list[dict]:
-    """Concatenate shard manifests; refuses duplicates and mixed system fingerprints."""
-    rows: list[dict] = []
-    for p in shard_paths:
-        rows += read_jsonl(p)
-    keys = [(r["prompt_id"], r["sample"]) for r in rows]
-    if len(set(keys)) != len(keys):
-        raise HarnessError(f"shard manifests {', '.join(map(str, shard_paths))} overlap; rerun with one shard count")
-    fps = {r["system_fingerprint"] for r in rows}
-    if len(fps) > 1:
-        raise HarnessError(f"shard manifests for {out} were made by {len(fps)} different system versions; rerun them")
-    rows = _ordered(rows)
-    atomic_write_jsonl(out, rows)
-    return rows

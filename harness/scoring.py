@@ -6,42 +6,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from harness.errors import HarnessError
-from harness.io import append_jsonl, atomic_write_json, read_jsonl, sha256_file
-from harness.runner import manifest_path, system_dir
-from models.base import digest
+from harness.io import append_jsonl, atomic_write_json, digest, read_jsonl
+from harness.manifests import open_row_image, read_manifest, scores_path
 
 log = logging.getLogger(__name__)
-
-
-def scores_path(results_dir, benchmark: str, system: str, metric: str) -> Path:
-    return system_dir(results_dir, benchmark, system) / "scores" / f"{metric}.json"
-
-
-def load_manifest_images(results_dir, benchmark: str, system: str) -> list[dict]:
-    """Manifest rows, each image checked: a missing or altered image is an error, never skipped."""
-    path = manifest_path(results_dir, benchmark, system)
-    if not path.is_file():
-        raise HarnessError(f"no manifest at {path}; generate {benchmark}/{system} first")
-    rows = read_jsonl(path)
-    base = system_dir(results_dir, benchmark, system)
-    for row in rows:
-        img = base / row["image"]
-        if not img.is_file():
-            raise HarnessError(f"image {img} listed in {path} is missing; rerun generation for {benchmark}/{system}")
-    return rows
-
-
-def _read_image(path: Path, sha256: str) -> Image.Image:
-    if sha256_file(path) != sha256:
-        raise HarnessError(f"image {path} does not match the sha256 in its manifest; delete it and regenerate")
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as err:
-        raise HarnessError(f"image {path} cannot be read ({err}); delete it and regenerate") from err
 
 
 class ScoreCache:
@@ -69,16 +37,16 @@ def run_scoring(config: dict[str, Any], benchmark: str, systems: str | list[str]
     """Write ``scores/<metric>.json`` for each system, loading the scorer once for all of them."""
     from tqdm import tqdm
 
-    from harness.scorers.registry import build_scorer
+    from harness.scorers.registry import build_scorer, scorer_class
 
     systems = [systems] if isinstance(systems, str) else list(systems)
     results_dir = config["results_dir"]
-    manifests = {s: load_manifest_images(results_dir, benchmark, s) for s in systems}
+    manifests = {s: read_manifest(results_dir, benchmark, s) for s in systems}
     if scorer is None:
         scorer = build_scorer(metric, config["weights"], config["device"], config["dtype"], config["batch_size"])
     fingerprint = scorer.fingerprint()
     fp_digest = digest(fingerprint)
-    if getattr(scorer, "kind", "image") == "set":
+    if scorer_class(metric).set_metric:
         return _run_set_metric(config, benchmark, manifests, metric, scorer, fingerprint, fp_digest)
     cache = ScoreCache(results_dir, metric, fp_digest, benchmark)
 
@@ -86,7 +54,7 @@ def run_scoring(config: dict[str, Any], benchmark: str, systems: str | list[str]
     bs = scorer.batch_size
     for i in tqdm(range(0, len(todo), bs), desc=f"{metric} {benchmark}", unit="batch", disable=not todo):
         chunk = todo[i : i + bs]
-        images = [_read_image(system_dir(results_dir, benchmark, s) / r["image"], r["sha256"]) for s, r in chunk]
+        images = [open_row_image(results_dir, benchmark, s, r) for s, r in chunk]
         values = scorer.score(images, [r["prompt"] for _, r in chunk])
         cache.add([(r["sha256"], r["prompt"], float(v)) for (_, r), v in zip(chunk, values)])
 
@@ -126,15 +94,12 @@ def _run_set_metric(config, benchmark, manifests, metric, scorer, fingerprint, f
     """FID/KID: each system's image set against the benchmark's reference images."""
     from harness.prompts import load_prompts, reference_images
 
-    if benchmark != "coco5k":
-        raise HarnessError(f"metric {metric!r} needs reference images, which only the coco5k benchmark has")
     results_dir = config["results_dir"]
-    ref_paths = reference_images(config["data_dir"], load_prompts(benchmark, config["data_dir"], config["num_prompts"]))
+    ref_paths = reference_images(benchmark, config["data_dir"], load_prompts(benchmark, config["data_dir"], config["num_prompts"]))
     real = scorer.reference_features(ref_paths, Path(results_dir) / ".cache" / "reference")
     outs = []
     for system, rows in manifests.items():
-        base = system_dir(results_dir, benchmark, system)
-        fake = scorer.features([_read_image(base / r["image"], r["sha256"]) for r in rows])
+        fake = scorer.features([open_row_image(results_dir, benchmark, system, r) for r in rows])
         result = scorer.compute(fake, real)
         out = scores_path(results_dir, benchmark, system, metric)
         atomic_write_json(out, {

@@ -22,13 +22,10 @@ from typing import Any, Callable
 import torch
 
 from harness.io import atomic_write_text
-from harness.paper import paper_values
+from harness.paper import paper_time_cost
 from harness.prompts import load_prompts
 from harness.seeds import sample_seed
-
-#: Table 1 time cost of the paper (seconds per batch of 4 on one A100), by the system names of
-#: config/paper.yaml. Source: arXiv 2403.05121 Table 1, as quoted in the project's baseline issue.
-PAPER_TIME_COST_S = paper_values()["time_cost_s"]  # Table 1 (one A100, batch 4)
+from harness.systems import final_systems, stage_chain, steps_label
 
 
 def _sync(device: torch.device) -> None:
@@ -38,7 +35,6 @@ def _sync(device: torch.device) -> None:
 
 def build_chain(config: dict[str, Any], name: str, cache: dict) -> list:
     """The built systems of a row, first stage first (e.g. CogView3 base then relay)."""
-    from harness.tables import stage_chain
     from models.registry import build_system
 
     out = []
@@ -79,8 +75,6 @@ def measure(call: Callable[[], Any], device: torch.device, warmup: int = 1, repe
 
 
 def run_timecost(config: dict[str, Any], out: str | Path, batch: int = 4, warmup: int = 1, repeats: int = 3) -> Path:
-    from harness.tables import final_systems
-
     # Prompt content does not change the cost (T5 and CLIP always see padded sequences).
     prompts = [p.text for p in load_prompts("smoke")[:batch]]
     seeds = [sample_seed(config["seed"], "timecost", str(i), 0) for i in range(batch)]
@@ -93,8 +87,7 @@ def run_timecost(config: dict[str, Any], out: str | Path, batch: int = 4, warmup
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         result = measure(chain_call(chain, prompts, seeds), device, warmup, repeats)
-        labels = "+".join(s.steps_label() for s in chain)
-        rows.append({"system": name, "steps": labels, **result})
+        rows.append({"system": name, "steps": steps_label(config, name), **result})
         print(f"{name}: {result['mean_s']:.3f} s per batch of {batch}")
         del chain, cache
         gc.collect()
@@ -122,8 +115,8 @@ def render(config: dict[str, Any], rows: list[dict], device, dtypes: list[str], 
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['mean_s'] / sdxl:.3f}" if sdxl else "–"
-        paper = PAPER_TIME_COST_S.get(r["system"])
-        paper_ratio = f"{paper / PAPER_TIME_COST_S['sdxl']:.3f}" if paper else "–"
+        paper, paper_sdxl = paper_time_cost(r["system"]), paper_time_cost("sdxl")
+        paper_ratio = f"{paper / paper_sdxl:.3f}" if paper and paper_sdxl else "–"
         lines.append(f"| {r['system']} | {r['steps']} | {r['mean_s']:.3f} | {r['min_s']:.3f} | {ratio} | "
                      f"{f'{paper:.2f} s' if paper else '–'} | {paper_ratio} | {r['peak']} |")
     lines += ["", f"Protocol: 1 warm-up call, then {repeats} timed calls of the whole pipeline (text encoding, all "

@@ -13,7 +13,6 @@ and the class itself read the same list.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from PIL import Image
 
 from harness.errors import ConfigError, HarnessError
+from harness.io import digest
 
 if TYPE_CHECKING:
     from models.layouts import WeightFiles
@@ -81,15 +81,6 @@ class WeightsSpec:
             )
         return path
 
-    def require_file(self, relative: str) -> Path:
-        path = self.require_dir() / relative
-        if not path.is_file():
-            raise HarnessError(
-                f"weights.{self.key}: expected file {path} is missing; put the checkpoint there "
-                "(see README 'Weights')"
-            )
-        return path
-
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
@@ -105,12 +96,6 @@ def resolve_dtype(dtype: str, device: torch.device, gpu_default: torch.dtype = t
     if dtype == "auto":
         return gpu_default if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-
-
-def digest(obj: Any) -> str:
-    """Stable short digest of a JSON-able object (fingerprints, cache keys)."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def library_versions(*names: str) -> dict[str, str]:
@@ -149,7 +134,12 @@ class System(ABC):
                    "doc": "generate from the expanded prompts (config `expansion:`) instead of the originals"},
         "ablation": {"default": None, "schema": {"enum": ["tr_sweep", "expansion"]},
                      "doc": "set by the harness on systems it derives for an ablation; they are not table rows"},
+        "input": {"default": None, "schema": {"type": ["string", "null"]},
+                  "doc": "the system whose images this one reads (image-to-image stages such as a relay)"},
     }
+    #: the cheapest parameters that still run every stage of the sampler (tests build each
+    #: registered model with them; ``input`` names another registered model)
+    QUICK_PARAMS: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -259,9 +249,16 @@ class System(ABC):
         this system runs itself (not its ``input`` system's); a CFG step counts 2 evaluations."""
         raise NotImplementedError(f"{cls.__name__} does not count its UNet calls")
 
-    @abstractmethod
-    def steps_label(self) -> str:
-        """What the paper's "Steps" column shows for this system, e.g. ``50`` or ``20+10``."""
+    @classmethod
+    def steps_label(cls, params: dict[str, Any]) -> str:
+        """What the paper's "Steps" column shows for a system with these (resolved) parameters,
+        e.g. ``50`` or ``20+10``."""
+        return str(params["steps"])
+
+    @classmethod
+    def describe_grid(cls, params: dict[str, Any]) -> str:
+        """The timestep grid a report must state for this system ("" where nothing needs saying)."""
+        return ""
 
     # ---- weight files -------------------------------------------------------------------------
     @classmethod
@@ -270,21 +267,6 @@ class System(ABC):
         own weights; else the ``WEIGHT_PARAMS`` name that points at it), exactly as the loader reads
         them (:mod:`models.layouts`). Preflight checks them, fingerprints hash them."""
         raise NotImplementedError(f"{cls.__name__} declares no weights layout")
-
-    @classmethod
-    def weight_files(cls, name: str, spec: dict[str, Any], weights: dict[str, str]) -> list["WeightFiles"]:
-        """:meth:`entry_files` of every path entry system ``name`` reads (``tiny``/``random`` skipped).
-
-        An environment variable that is not set raises :class:`HarnessError` naming the entry.
-        """
-        from models.registry import system_weight_keys
-
-        out = []
-        for role, key in zip((None, *cls.WEIGHT_PARAMS), system_weight_keys(name, spec, weights)):
-            entry = WeightsSpec(key, str(weights[key]))
-            if not entry.is_builtin:
-                out.append(cls.entry_files(role, key, entry.path))
-        return out
 
     def _entries(self) -> list[tuple[str | None, WeightsSpec]]:
         return [(None, self.weights)] + [(p, self.component_weights(p)) for p in self.WEIGHT_PARAMS]
@@ -306,9 +288,12 @@ class System(ABC):
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that can change the pixels: code-relevant parameters, weights, dtype, libraries."""
+        # A system without an input reads no images: leaving the unset key out keeps the digests
+        # of results made before ``input`` became a common parameter (no needless regeneration).
+        params = {k: v for k, v in self.params.items() if not (k == "input" and v is None)}
         return {
             "model": type(self).__name__,
-            "params": self.params,
+            "params": params,
             "weights": self.weights_fingerprint(),
             "dtype": str(self.dtype).removeprefix("torch."),
             "device_type": self.device.type,

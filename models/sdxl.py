@@ -3,7 +3,7 @@
 Real weights: a local diffusers-format folder (``stabilityai/stable-diffusion-xl-base-1.0``).
 Tiny weights: the same pipeline classes built from small configs with random weights and the real
 CLIP BPE tokenizers, so the smoke profile runs exactly the code path of the paper profile.
-Defaults are the model card's: 50 steps, guidance 5.0, 1024x1024 (``../shared/reference/baselines.md`` §1.1).
+Defaults are the model card's: 50 steps, guidance 5.0, 1024x1024 (docs/reference.md §9.1).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ SDXL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer",
 
 RESOLUTION_SCHEMA = {"type": "integer", "minimum": 64, "multipleOf": 8}
 
-#: stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (baselines.md §1.1), for full-size checks
+#: stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (docs/reference.md §9.1), for full-size checks
 SDXL_UNET_CONFIG = dict(
     act_fn="silu", addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
     attention_head_dim=(5, 10, 20), block_out_channels=(320, 640, 1280), center_input_sample=False,
@@ -49,7 +49,7 @@ def tiny_clip_text_config(projection_dim: int = 32):
         hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
         vocab_size=CLIP_VOCAB_SIZE, projection_dim=projection_dim, hidden_act="gelu",
         max_position_embeddings=77,
-        # Special ids taken from the tokenizer: the pooled-token lookup relies on eos (baselines.md §5.3).
+        # Special ids taken from the tokenizer: the pooled-token lookup relies on eos (docs/reference.md §9.2).
         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
     )
 
@@ -69,6 +69,7 @@ def tiny_vae(seed: int = 0):
 
 class SDXLSystem(System):
     GUIDANCE_EMBEDDED = False  # LCM feeds w through the UNet instead of a CFG batch
+    QUICK_PARAMS = {"steps": 2, "resolution": 64}
     PARAMS = {
         "steps": {"default": 50, "schema": {"type": "integer", "minimum": 1}, "doc": "denoising steps"},
         "guidance": {"default": 5.0, "schema": {"type": "number", "minimum": 0}, "doc": "CFG scale (model card: 5.0)"},
@@ -205,9 +206,6 @@ class SDXLSystem(System):
     def _generate(self, prompts: Sequence[str], seeds: Sequence[int], inputs=None) -> list[Image.Image]:
         out = self.pipe(prompt=list(prompts), generator=generators(seeds), output_type="pil", **self.pipeline_kwargs())
         return list(out.images)
-
-    def steps_label(self) -> str:
-        return str(self.params["steps"])
 
     @classmethod
     def unet_calls(cls, params, input_resolution=None):

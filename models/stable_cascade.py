@@ -3,11 +3,11 @@
 Paper setting: prior 20 steps with guidance 4.0, decoder 10 steps with guidance 0.0 (no CFG); the
 guidance values are the diffusers ``StableCascadeCombinedPipeline`` defaults and the model card's.
 Both stages draw from the same per-sample generators, so the image of a sample depends only on
-its seed (one existing harness ignores the seed for this model; see anchors.md).
+its seed (one existing harness ignores the seed for this model; see docs/reference.md §9.4).
 
 Real weights: ``weights.<key>`` is a folder holding the two diffusers repos side by side,
 ``stable-cascade-prior/`` and ``stable-cascade/``. The decoder pipeline's ``from_pretrained`` cannot
-load the deprecated ``PaellaVQModel`` in diffusers 0.42 (baselines.md §5.6), so every component is
+load the deprecated ``PaellaVQModel`` in diffusers 0.42 (docs/reference.md §9.3), so every component is
 loaded on its own and the pipelines are assembled here.
 """
 
@@ -70,6 +70,7 @@ def paella_vq_model():
 
 
 class StableCascadeSystem(System):
+    QUICK_PARAMS = {"prior_steps": 2, "decoder_steps": 2, "resolution": 128}
     PARAMS = {
         "prior_steps": {"default": 20, "schema": {"type": "integer", "minimum": 1}, "doc": "stage C steps"},
         "prior_guidance": {"default": 4.0, "schema": {"type": "number", "minimum": 0}, "doc": "stage C CFG"},
@@ -197,8 +198,9 @@ class StableCascadeSystem(System):
     def _generate(self, prompts: Sequence[str], seeds: Sequence[int], inputs=None) -> list[Image.Image]:
         return stable_cascade_call(self.prior, self.decoder, prompts, generators(seeds), self.params)
 
-    def steps_label(self) -> str:
-        return f"{self.params['prior_steps']}+{self.params['decoder_steps']}"
+    @classmethod
+    def steps_label(cls, params: dict[str, Any]) -> str:
+        return f"{params['prior_steps']}+{params['decoder_steps']}"
 
     @classmethod
     def unet_calls(cls, params, input_resolution=None):

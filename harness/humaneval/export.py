@@ -30,7 +30,7 @@ from PIL import Image, ImageFilter
 
 from harness.errors import ConfigError, HarnessError
 from harness.io import atomic_write_json, png_bytes
-from harness.runner import load_input_images, open_checked, system_dir
+from harness.manifests import image_path, open_image, read_manifest, rows_by_key
 
 QUESTIONS = ("alignment", "aesthetics")
 QUESTION_TEXT = {
@@ -98,7 +98,7 @@ def seeded_rng(seed: int, *stream: str) -> np.random.Generator:
 
 def _side(label: str, row: dict, results: Path, benchmark: str, system: str, degrade: bool = False) -> dict:
     """One side of a pair: what the key records, and where its pixels come from."""
-    return {"system": label, "src": system_dir(results, benchmark, system) / row["image"], "sha256": row["sha256"],
+    return {"system": label, "src": image_path(results, benchmark, system, row), "sha256": row["sha256"],
             "degrade": degrade}
 
 
@@ -133,7 +133,7 @@ def build_export(config: dict[str, Any], out_dir: str | Path, key_path: str | Pa
         raise ConfigError(f"config key 'humaneval.benchmark': {bench!r} is not in benchmarks: {config['benchmarks']}")
     results = Path(config["results_dir"])
     groups = comparison_groups(config)
-    manifests = {s: load_input_images(results, bench, s)[0] for s in humaneval_systems(config)}
+    manifests = {s: rows_by_key(read_manifest(results, bench, s)) for s in humaneval_systems(config)}
 
     # Equal numbers per group, and the same prompts in every group: draw from the keys all share.
     shared = sorted(set.intersection(*(set(manifests[g.system_a]) & set(manifests[g.system_b]) for g in groups)))
@@ -289,7 +289,7 @@ def _write_folder(out_dir: Path, key: dict[str, Any], pairs: dict[str, dict], im
                 k = (p[side]["sha256"], p[side]["degrade"])
                 if k not in done:
                     # Checked here, once per file: a missing or altered image stops the export.
-                    image = open_checked(p[side]["src"], p[side]["sha256"])
+                    image = open_image(p[side]["src"], p[side]["sha256"])
                     (tmp / "images" / images[k]).write_bytes(_blinded_png(image, size, p[side]["degrade"]))
                     done.add(k)
         links = []

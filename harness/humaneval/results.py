@@ -30,7 +30,7 @@ from harness.humaneval.agreement import (
 )
 from harness.humaneval.export import ANSWERS, QUESTIONS, SHEET_COLUMNS
 from harness.io import atomic_write_text, records_csv
-from harness.tables import FIXTURES_BANNER, SMOKE_BANNER
+from harness.render import profile_banner
 
 SIMULATED_LINE = ("> **Simulated annotations** ({files}): these sheets were filled by "
                   "`python -m harness humaneval-simulate` from a known preference model, not by people.")
@@ -310,7 +310,7 @@ def write_results(an: Analysis, out_md: str | Path, expected_sheets: Sequence[st
     out_md = Path(out_md)
     stem = out_md.with_suffix("")
     key = an.key
-    banner = {"smoke": SMOKE_BANNER, "fixtures": FIXTURES_BANNER}.get(key.get("profile"))
+    banner = profile_banner(key.get("profile"))
     lines = [banner, ""] if banner else []
     simulated = sorted(p.name for p in an.files.values() if ".simulated." in p.name)
     if simulated:

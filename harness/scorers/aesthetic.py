@@ -44,6 +44,7 @@ class AestheticMLP(nn.Module):
 
 class AestheticScorer(Scorer):
     name = "aesthetic"
+    label = "Aes"
     uses_prompt = False
     FILES = (MLP_FILE, CLIP_FILE)
     LIBRARIES = ("open_clip_torch",)

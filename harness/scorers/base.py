@@ -14,20 +14,42 @@ from models.layouts import WeightFiles, named_files
 
 
 class Scorer(ABC):
-    """A per-image metric: ``score(images, prompts) -> one float per image``.
+    """A metric: ``score(images, prompts) -> one float per image``, or for a set metric
+    ``compute(features(images), reference features) -> one number``.
 
     The model is loaded once (:meth:`build`) and images go through it ``batch_size`` at a time.
+    ``weights: tiny`` gives the tiny build: fixed random weights made in code, for the smoke profile
+    and the golden tests (every registered scorer must have one).
     """
 
+    #: the metric's name in the config's ``metrics:`` list and in file names
     name: ClassVar[str]
-    #: "image": one score per image; "set": one number per image set against reference images
-    kind: ClassVar[str] = "image"
+    #: the column heading the tables print
+    label: ClassVar[str]
+    #: the direction of "better" (tables print it; the regression gate names a move as worse/better)
+    higher_is_better: ClassVar[bool] = True
+    #: a set metric gives one number per image set against the benchmark's reference images
+    #: (FID, KID): it runs only on benchmarks that have them; otherwise one score per image,
+    #: aggregated as the mean over prompts (samples of a prompt averaged first)
+    set_metric: ClassVar[bool] = False
     #: does the score depend on the prompt (alignment/preference) or on the image alone
     uses_prompt: ClassVar[bool] = True
     LIBRARIES: ClassVar[tuple[str, ...]] = ()
     #: the files the scorer reads from its weights folder, as upstream names them; a tuple entry
     #: means any one of those names (the first present is read)
     FILES: ClassVar[tuple[str | tuple[str, ...], ...]] = ()
+
+    @classmethod
+    def applies_to(cls, benchmark: str) -> bool:
+        """Whether this metric is computed on ``benchmark`` (set metrics need reference images)."""
+        from harness.prompts import benchmark as benchmark_facts
+
+        return not cls.set_metric or benchmark_facts(benchmark).has_references
+
+    @classmethod
+    def heading(cls) -> str:
+        """The label with its direction, e.g. ``FID ↓``."""
+        return f"{cls.label} {'↑' if cls.higher_is_better else '↓'}"
 
     def __init__(self, weights: WeightsSpec, device: str = "auto", dtype: str = "auto", batch_size: int = 16):
         self.weights = weights

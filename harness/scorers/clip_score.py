@@ -21,6 +21,7 @@ CLIP_FILE = "ViT-L-14.pt"
 
 class CLIPScorer(Scorer):
     name = "clip_score"
+    label = "CLIP score"
     FILES = (CLIP_FILE,)
     LIBRARIES = ("open_clip_torch",)
 

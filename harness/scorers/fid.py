@@ -74,9 +74,10 @@ class Passthrough(torch.nn.Module):
 
 
 class _SetScorer(Scorer):
-    """A metric of a whole image set against reference images (``kind = "set"``)."""
+    """A metric of a whole image set against the benchmark's reference images."""
 
-    kind = "set"
+    set_metric = True
+    higher_is_better = False
     uses_prompt = False
     FILES = (INCEPTION_FILES,)
     LIBRARIES = ("torchmetrics", "torch-fidelity")
@@ -116,7 +117,7 @@ class _SetScorer(Scorer):
 
     def reference_features(self, paths: list[Path], cache_dir: Path) -> torch.Tensor:
         """Features of the reference images, cached under ``cache_dir`` by their content."""
-        from models.base import digest
+        from harness.io import digest
 
         h = hashlib.sha256(digest(self.fingerprint()).encode())
         for p in paths:
@@ -143,6 +144,7 @@ class _SetScorer(Scorer):
 
 class FIDScorer(_SetScorer):
     name = "fid"
+    label = "FID"
 
     def compute(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
         from torchmetrics.image.fid import FrechetInceptionDistance
@@ -155,6 +157,7 @@ class FIDScorer(_SetScorer):
 
 class KIDScorer(_SetScorer):
     name = "kid"
+    label = "KID"
 
     def compute(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
         from torchmetrics.image.kid import KernelInceptionDistance

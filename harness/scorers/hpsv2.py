@@ -107,6 +107,7 @@ def load_hps_model(path, device, dtype) -> torch.nn.Module:
 
 class HPSv2Scorer(Scorer):
     name = "hpsv2"
+    label = "HPS v2"
     VERSION = "v2.0"
     CHECKPOINT = "HPS_v2_compressed.pt"
     FILES = (CHECKPOINT,)
@@ -141,6 +142,7 @@ class HPSv2Scorer(Scorer):
 
 class HPSv21Scorer(HPSv2Scorer):
     name = "hpsv21"
+    label = "HPS v2.1"
     VERSION = "v2.1"
     CHECKPOINT = "HPS_v2.1_compressed.pt"
     FILES = (CHECKPOINT,)

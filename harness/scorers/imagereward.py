@@ -49,6 +49,7 @@ def tiny_vocab_dir() -> Path:
 
 class ImageRewardScorer(Scorer):
     name = "imagereward"
+    label = "ImageReward"
     FILES = (CKPT, MED_CONFIG, VOCAB)
     LIBRARIES = ("image-reward", "transformers", "timm")
 

@@ -1,7 +1,9 @@
 """The scorer registry: metric name (as in the config's ``metrics:`` list) -> class.
 
-Adding a metric touches this table and its own module. Entries are import strings so that
-validating a config does not import open_clip or torchmetrics.
+Adding a metric touches this table and its own module: the class declares its facts (label,
+``higher_is_better``, ``set_metric``, its tiny build), and the tables, the scoring rules, the
+regression gate and the tests read them from there. Entries are import strings so that validating
+a config does not import open_clip or torchmetrics (scorer modules import them when they build).
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ def scorer_class(metric: str):
     from models.registry import lookup
 
     return lookup(SCORERS, metric, "metric")
+
+
+def metric_applies(metric: str, benchmark: str) -> bool:
+    """Whether ``metric`` is computed on ``benchmark`` (set metrics only where references exist)."""
+    return scorer_class(metric).applies_to(benchmark)
 
 
 def build_scorer(metric: str, weights: dict[str, str], device: str = "auto", dtype: str = "auto", batch_size: int = 16):

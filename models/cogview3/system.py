@@ -6,7 +6,7 @@ A CogView3 run is two systems in the config, the relay one naming the base one a
     cogview3:      {model: cogview3-relay, input: cogview3-base, weights: cogview3-relay, t_r: 500, steps: 10}
 
 so the relay stage is its own Snakemake job reading the base stage's saved 8-bit PNGs, and every T_r
-of a sweep reuses one base pass. Pipeline (spec §4.2, §4.3):
+of a sweep reuses one base pass. Pipeline (docs/reference.md §4.2, §4.3):
 
     base:  T5(prompt) -> DDIM 512 px (CFG 7.5, zero negative) -> VAE decode -> uint8 (truncation) -> PNG
     relay: PNG -> [-1, 1] -> bilinear x2 in pixel space -> VAE encode (posterior *sample*) x 0.13025 = z^L
@@ -132,7 +132,7 @@ class _CogView3(System):
 
             self.files("vae")
             self.vae = load_sdxl_vae(vae.path, torch.float32)
-        # The SDXL VAE overflows in fp16 (spec §2.3): encode and decode in fp32.
+        # The SDXL VAE overflows in fp16 (docs/reference.md §2.3): encode and decode in fp32.
         self.vae = move(self.vae, self.device, torch.float32).eval()
 
     def denoiser(self, prompts: Sequence[str], size: int, crop=(0, 0), target: int | None = None, context=None):
@@ -193,6 +193,7 @@ class CogView3BaseSystem(_CogView3):
 
     GUIDANCE_EMBED_DIM = BASE_GUIDANCE_EMBED_DIM
     IS_STAGE = True
+    QUICK_PARAMS = {"steps": 2, "resolution": 64}
     PARAMS = {
         "steps": {"default": 50, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}, "doc": "DDIM steps"},
         "resolution": {"default": 512, "schema": {"type": "integer", "minimum": 64, "multipleOf": 32}, "doc": "pixels"},
@@ -212,10 +213,6 @@ class CogView3BaseSystem(_CogView3):
         z = ddim_sample(self.denoiser(prompts, size), noise, self.grid())
         return self.decode(z)
 
-    def steps_label(self) -> str:
-        return str(self.params["steps"])
-
-
 class CogView3RelaySystem(_CogView3):
     """Stage 2: relay super-resolution of the ``input`` system's images (x2, e.g. 512 -> 1024).
 
@@ -225,8 +222,8 @@ class CogView3RelaySystem(_CogView3):
     """
 
     GUIDANCE_EMBED_DIM = RELAY_GUIDANCE_EMBED_DIM
+    QUICK_PARAMS = {"input": "cogview3-base", "t_r": 500, "steps": 2}
     PARAMS = {
-        "input": {"default": None, "schema": {"type": "string"}, "doc": "the system whose images are upsampled"},
         "t_r": {"default": 500, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}, "doc": "relay start T_r"},
         "steps": {"default": 10, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}, "doc": "relay steps"},
         "blending": {"default": "step", "schema": {"enum": ["step", "time"]},
@@ -297,12 +294,9 @@ class CogView3RelaySystem(_CogView3):
         if self.params["tile_size"]:
             self.vae.enable_tiling()  # VAE activations at 4096 px would dwarf the tiled UNet's
 
-    def describe_grid(self) -> str:
-        g = self.grid()
-        tiles = (f"; tiled, {self.params['tile_size']}-latent tiles overlapping {self.params['tile_overlap']}"
-                 if self.params["tile_size"] else "")
-        return (f"T_r={self.params['t_r']}: {len(g)} steps at t={', '.join(map(str, g))}; "
-                f"blending by {self.params['blending']}{tiles}")
-
-    def steps_label(self) -> str:
-        return str(self.params["steps"])
+    @classmethod
+    def describe_grid(cls, params: dict[str, Any]) -> str:
+        g = relay_timesteps(params["t_r"], params["steps"])
+        tiles = (f"; tiled, {params['tile_size']}-latent tiles overlapping {params['tile_overlap']}"
+                 if params["tile_size"] else "")
+        return f"T_r={params['t_r']}: {len(g)} steps at t={', '.join(map(str, g))}; blending by {params['blending']}{tiles}"
