@@ -1,16 +1,19 @@
 # cogview3-harness: prompts -> images -> scores -> tables.
+#   snakemake --cores all                                                     (the demo: rule all)
 #   snakemake --cores all reports/table1.md                                   (smoke profile)
 #   snakemake --cores all reports/table1.md --configfile config/paper.yaml    (real weights)
-# Rules stay thin: each calls one entry point of the `harness` package.
+# Rules stay thin: each calls one command of the `harness` package CLI (harness/cli.py) and logs to results/logs.
 import json
 import os
 import sys
 
 import yaml
+from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, workflow.basedir)
 from harness.config import validate_config
 from harness.errors import ConfigError
+from harness.prompts import BENCHMARKS
 
 # No `configfile:` directive: Snakemake deep-merges --configfile over it, which would leak the smoke
 # profile's systems into a paper run. The default applies only when no config file was given.
@@ -29,7 +32,7 @@ config.update(_valid)
 
 # A real run checks every weights and data file before any job starts (the same checks as
 # `python -m harness preflight`, without hashing): all problems at once, not one per failed job.
-# Once, in the main process: jobs that re-read this file (run: blocks, cluster jobs) skip it.
+# Once, in the main process: jobs that re-read this file (cluster jobs) skip it.
 if config["profile"] != "smoke" and workflow.is_main_process:
     from harness.preflight import run_preflight
 
@@ -41,30 +44,66 @@ if config["profile"] != "smoke" and workflow.is_main_process:
                  + "\n".join(f"  {i}. {p}" for i, p in enumerate(_report.problems, 1))
                  + "\nFull report with the plan: python -m harness preflight --config <your config file>")
 
-PY = sys.executable
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]
-SNAPSHOT = os.path.join(RESULTS, ".harness", "config.json")
-HARNESS = f"{PY} -m harness"
-CLI_OPTS = f"--config-snapshot {SNAPSHOT}"
+HUMANEVAL = f"{REPORTS}/humaneval"
+LOGS = f"{RESULTS}/logs"  # one log per job: logs/<rule>/<wildcards>.log
+SNAPSHOT = f"{RESULTS}/.harness/config.json"
 
-# The CLI reads the validated config from this snapshot; rules list the parts they depend on as
-# params, so Snakemake reruns exactly the jobs whose inputs changed.
+# The CLI reads the validated config from this snapshot (every rule passes it as params.snapshot);
+# rules list the parts of the config they depend on as params, so Snakemake reruns exactly the jobs
+# whose inputs changed.
 os.makedirs(os.path.dirname(SNAPSHOT), exist_ok=True)
 _snap = json.dumps(config, indent=1)  # keep the config's order: tables list systems in it
 if not os.path.exists(SNAPSHOT) or open(SNAPSHOT).read() != _snap:
-    with open(SNAPSHOT + ".tmp", "w") as _f:
+    with open(f"{SNAPSHOT}.tmp", "w") as _f:
         _f.write(_snap)
-    os.replace(SNAPSHOT + ".tmp", SNAPSHOT)
+    os.replace(f"{SNAPSHOT}.tmp", SNAPSHOT)
 
-shell.prefix(f"export PYTHONPATH={workflow.basedir}:${{{{PYTHONPATH:-}}}} HF_HUB_OFFLINE=1; ")
+# Software: every rule names workflows/envs/harness.yaml, which `--sdm conda` builds and activates.
+# Otherwise `python` in the rules is the interpreter running Snakemake (the .venv of `make setup`,
+# activated or not): a shell function in the prefix says so.
+HARNESS_ENV = "envs/harness.yaml"
+if DeploymentMethod.CONDA in getattr(workflow.deployment_settings, "deployment_method", ()):
+    os.environ.setdefault("HARNESS_REPO", workflow.basedir)  # the env's post-deploy script installs requirements/ from here
+    _python = ""
+else:
+    _python = f'python() {{ "{sys.executable}" "$@"; }}; '
+# A prefix replaces Snakemake's default bash strict mode, so it starts with it (pipefail: the
+# regression rule pipes into tee and must still fail on a breach).
+_prefix = f"set -euo pipefail; {_python}export PYTHONPATH={workflow.basedir}:${{PYTHONPATH:-}} HF_HUB_OFFLINE=1; "
+shell.prefix(_prefix.replace("{", "{{").replace("}", "}}"))  # shell.prefix formats its argument
+
+report: "workflows/report/workflow.rst"
 
 wildcard_constraints:
-    benchmark="|".join(["smoke", "drawbench", "parti", "coco5k"]),
+    benchmark="|".join(BENCHMARKS),
     system="[a-z0-9][a-z0-9_.+-]*",
     metric="[a-z0-9_]+",
     shard=r"\d+",
-    shards=r"\d+",
+
+
+include: "workflows/common.smk"
+
+
+rule all:
+    # The demo (`make demo`): Table 1, Table 3 and the expansion ablation.
+    input:
+        demo_targets(),
+    default_target: True
+
+
+# Light jobs run in the main process even on a cluster (merge_manifest says so itself: it exists
+# only with shards > 1).
+localrules:
+    expand_prompts,
+    table1,
+    table2,
+    table3,
+    ablation_expansion,
+    regression,
+    humaneval_export,
+    humaneval_results,
 
 
 include: "workflows/generate.smk"

@@ -1,59 +1,62 @@
-# Generation: one job per (benchmark, system, shard); shards merge into one manifest.
-from harness.runner import merge_manifests
-
-
-def system_params(w):
-    """What can change a system's images: its spec, its weights entry, and the run settings."""
-    from models.registry import system_weight_keys
-
-    spec = config["systems"][w.system]
-    return {
-        "spec": spec,
-        "weights": {k: config["weights"][k] for k in system_weight_keys(w.system, spec)},
-        "run": {k: config[k] for k in ("seed", "num_prompts", "samples_per_prompt", "dtype", "device", "batch_invariant", "data_dir")},
-    }
-
-
-def generation_inputs(w):
-    """The upstream stage's manifest (relay systems) and the expanded prompts (expand: true)."""
-    spec = config["systems"][w.system]
-    out = [f"{RESULTS}/{w.benchmark}/{spec['input']}/manifest.jsonl"] if spec.get("input") else []
-    if spec.get("expand"):
-        out.append(f"{RESULTS}/{w.benchmark}/expansions.jsonl")
-    return out
+# Generation: one job per (benchmark, system), or per shard with `shards: N` (N > 1), whose
+# manifests a light merge job joins. With one shard the job writes the final manifest itself.
+if config["shards"] == 1:
+    GENERATED = f"{RESULTS}/{{benchmark}}/{{system}}/manifest.jsonl"
+    GENERATE_LOG = f"{LOGS}/generate/{{benchmark}}/{{system}}.log"
+else:
+    GENERATED = f"{RESULTS}/{{benchmark}}/{{system}}/manifest.shard-{{shard}}-of-{config['shards']}.jsonl"
+    GENERATE_LOG = f"{LOGS}/generate/{{benchmark}}/{{system}}.shard-{{shard}}-of-{config['shards']}.log"
 
 
 rule expand_prompts:
     # The cache under results/.cache/expansions survives reruns; this snapshot is what generation reads.
     output:
         f"{RESULTS}/{{benchmark}}/expansions.jsonl",
+    log:
+        f"{LOGS}/expand_prompts/{{benchmark}}.log",
     params:
+        snapshot=SNAPSHOT,
         expansion=config["expansion"],
         run={k: config[k] for k in ("num_prompts", "data_dir")},
+    conda:
+        HARNESS_ENV
     shell:
-        "{HARNESS} expand {CLI_OPTS} --benchmark {wildcards.benchmark}"
+        "python -m harness expand --config-snapshot {params.snapshot} --benchmark {wildcards.benchmark}"
+        " > {log} 2>&1"
 
 
-rule generate_shard:
+rule generate:
     input:
         generation_inputs,
     output:
-        f"{RESULTS}/{{benchmark}}/{{system}}/manifest.shard-{{shard}}-of-{{shards}}.jsonl",
+        GENERATED,
+    log:
+        GENERATE_LOG,
     params:
+        snapshot=SNAPSHOT,
         system=system_params,
+        shard=lambda w: w.get("shard", 0),
+        shards=config["shards"],
     threads: 1
+    conda:
+        HARNESS_ENV
     shell:
-        "{HARNESS} generate {CLI_OPTS} --threads {threads} --benchmark {wildcards.benchmark} --system {wildcards.system}"
-        " --shard {wildcards.shard} --shards {wildcards.shards}"
+        "python -m harness generate --config-snapshot {params.snapshot} --threads {threads}"
+        " --benchmark {wildcards.benchmark} --system {wildcards.system} --shard {params.shard} --shards {params.shards}"
+        " > {log} 2>&1"
 
 
-rule merge_manifest:
-    input:
-        lambda w: [
-            f"{RESULTS}/{w.benchmark}/{w.system}/manifest.shard-{i}-of-{config['shards']}.jsonl"
-            for i in range(config["shards"])
-        ],
-    output:
-        f"{RESULTS}/{{benchmark}}/{{system}}/manifest.jsonl",
-    run:
-        merge_manifests(list(input), output[0])
+if config["shards"] > 1:
+
+    rule merge_manifest:
+        input:
+            shard_manifests,
+        output:
+            f"{RESULTS}/{{benchmark}}/{{system}}/manifest.jsonl",
+        log:
+            f"{LOGS}/merge_manifest/{{benchmark}}/{{system}}.log",
+        localrule: True
+        conda:
+            HARNESS_ENV
+        shell:
+            "python -m harness merge --out {output} {input} > {log} 2>&1"

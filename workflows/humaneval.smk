@@ -1,26 +1,5 @@
 # Human evaluation: blinded A/B export -> (annotators) -> import with win rates and agreement.
-from pathlib import Path
-
-from harness.humaneval.export import EXPORT_KEYS, humaneval_systems
-
-HUMANEVAL = f"{REPORTS}/humaneval"
-IMPORT_KEYS = ("attention_min", "exclude_failed_attention", "n_boot", "seed")
-
-
-def humaneval_inputs(w):
-    return manifests([config["humaneval"]["benchmark"]], humaneval_systems(config))  # report.smk's helper
-
-
-def filled_sheets(w):
-    folder = Path(config["humaneval"]["annotations_dir"])
-    sheets = sorted(str(p) for p in folder.glob("*.csv"))
-    if not sheets:
-        raise ValueError(
-            f"no filled sheets (*.csv) in {folder} (config key humaneval.annotations_dir): put the annotators' "
-            f"exported CSVs there, or fill them with synthetic annotators to check the pipeline: "
-            f"python -m harness humaneval-simulate --key {HUMANEVAL}/key.json --out-dir {folder}"
-        )
-    return sheets
+IMPORT_KEYS = ("attention_min", "exclude_failed_attention", "n_boot", "seed")  # what changes the import's results
 
 
 rule humaneval_export:
@@ -29,11 +8,16 @@ rule humaneval_export:
     output:
         export=directory(f"{HUMANEVAL}/export"),
         key=f"{HUMANEVAL}/key.json",
+    log:
+        f"{LOGS}/humaneval_export.log",
     params:
+        snapshot=SNAPSHOT,
         humaneval={k: config["humaneval"][k] for k in EXPORT_KEYS},
-    localrule: True
+    conda:
+        HARNESS_ENV
     shell:
-        "{HARNESS} humaneval-export {CLI_OPTS} --out {output.export} --key {output.key}"
+        "python -m harness humaneval-export --config-snapshot {params.snapshot} --out {output.export} --key {output.key}"
+        " > {log} 2>&1"
 
 
 rule humaneval_results:
@@ -41,11 +25,19 @@ rule humaneval_results:
         key=f"{HUMANEVAL}/key.json",
         sheets=filled_sheets,
     output:
-        md=f"{HUMANEVAL}/results.md",
-        csv=f"{HUMANEVAL}/results.csv",
-        png=f"{HUMANEVAL}/results.png",
+        md=report(f"{HUMANEVAL}/results.md", caption="report/humaneval.rst", category="Human evaluation",
+                  labels={"content": "win rates and agreement", "format": "Markdown"}),
+        csv=report(f"{HUMANEVAL}/results.csv", caption="report/humaneval.rst", category="Human evaluation",
+                   labels={"content": "win rates and agreement", "format": "CSV"}),
+        png=report(f"{HUMANEVAL}/results.png", caption="report/humaneval.rst", category="Human evaluation",
+                   labels={"content": "win rates", "format": "plot"}),
+    log:
+        f"{LOGS}/humaneval_results.log",
     params:
+        snapshot=SNAPSHOT,
         humaneval={k: config["humaneval"][k] for k in IMPORT_KEYS},
-    localrule: True
+    conda:
+        HARNESS_ENV
     shell:
-        "{HARNESS} humaneval-import {CLI_OPTS} --key {input.key} --out {output.md} {input.sheets}"
+        "python -m harness humaneval-import --config-snapshot {params.snapshot} --key {input.key} --out {output.md}"
+        " {input.sheets} > {log} 2>&1"

@@ -1,64 +1,51 @@
 # Reports: the paper's tables, the ablations and the regression gate, from the per-image scores.
-from harness.ablations import expansion_pairs, tr_sweep_points
-from harness.tables import (final_systems, scored_systems, table1_benchmarks, table1_metrics, table2_metrics,
-                            table3_benchmark, table3_metrics)
-
-
-def manifests(benchmarks, systems):
-    return [f"{RESULTS}/{b}/{s}/manifest.jsonl" for b in benchmarks for s in systems]
-
-
-def configured(metrics):
-    return [m for m, _ in metrics if m in config["metrics"]]
-
-
-def table1_inputs(w):
-    benchmarks = [b for b in table1_benchmarks(config) if b in config["benchmarks"]]
-    table_systems = [s for s in config["systems"] if not config["systems"][s].get("ablation")]
-    return score_files(benchmarks, final_systems(config), configured(table1_metrics(config))) + manifests(benchmarks, table_systems)
-
-
-def table2_inputs(w):
-    if "coco5k" not in config["benchmarks"]:
-        return []
-    table_systems = [s for s in config["systems"] if not config["systems"][s].get("ablation")]
-    return score_files(["coco5k"], final_systems(config), configured(table2_metrics(config))) + manifests(["coco5k"], table_systems)
-
-
-def table3_inputs(w):
-    points = [s for _, s in tr_sweep_points(config)]
-    return score_files([table3_benchmark(config)], points, configured(table3_metrics(config)))
-
-
-def expansion_inputs(w):
-    from harness.expansion_report import expansion_benchmarks
-
-    systems = [s for pair in expansion_pairs(config) for s in pair]
-    benchmarks = expansion_benchmarks(config)
-    return score_files(benchmarks, systems, configured(table1_metrics(config))) + [
-        f"{RESULTS}/{b}/expansions.jsonl" for b in benchmarks]
-
-
-def companions(stem, *suffixes):
-    return [f"{REPORTS}/{stem}{x}" for x in suffixes]
+# Files wrapped in report() go into `snakemake --cores 1 --report report.html` (captions: report/*.rst).
 
 
 rule table1:
     input:
         table1_inputs,
     output:
-        companions("table1", ".md", ".csv", ".tex", "_paired.csv", "_categories.md", "_categories.csv", "_categories.png"),
+        md=report(f"{REPORTS}/table1.md", caption="report/table1.rst", category="Table 1",
+                  labels={"content": "Table 1", "format": "Markdown"}),
+        csv=report(f"{REPORTS}/table1.csv", caption="report/table1.rst", category="Table 1",
+                   labels={"content": "Table 1", "format": "CSV"}),
+        tex=f"{REPORTS}/table1.tex",
+        paired=f"{REPORTS}/table1_paired.csv",
+        categories_md=report(f"{REPORTS}/table1_categories.md", caption="report/table1_categories.rst",
+                             category="Table 1", labels={"content": "per prompt category", "format": "Markdown"}),
+        categories_csv=report(f"{REPORTS}/table1_categories.csv", caption="report/table1_categories.rst",
+                              category="Table 1", labels={"content": "per prompt category", "format": "CSV"}),
+        categories_png=report(f"{REPORTS}/table1_categories.png", caption="report/table1_categories.rst",
+                              category="Table 1", labels={"content": "per prompt category", "format": "plot"}),
+    log:
+        f"{LOGS}/table1.log",
+    params:
+        snapshot=SNAPSHOT,
+    conda:
+        HARNESS_ENV
     shell:
-        "{HARNESS} table1 {CLI_OPTS} --out {output[0]}"
+        "python -m harness table1 --config-snapshot {params.snapshot} --out {output.md} > {log} 2>&1"
 
 
 rule table2:
     input:
         table2_inputs,
     output:
-        companions("table2", ".md", ".csv", ".tex", "_paired.csv"),
+        md=report(f"{REPORTS}/table2.md", caption="report/table2.rst", category="Table 2",
+                  labels={"content": "Table 2", "format": "Markdown"}),
+        csv=report(f"{REPORTS}/table2.csv", caption="report/table2.rst", category="Table 2",
+                   labels={"content": "Table 2", "format": "CSV"}),
+        tex=f"{REPORTS}/table2.tex",
+        paired=f"{REPORTS}/table2_paired.csv",
+    log:
+        f"{LOGS}/table2.log",
+    params:
+        snapshot=SNAPSHOT,
+    conda:
+        HARNESS_ENV
     shell:
-        "{HARNESS} table2 {CLI_OPTS} --out {output[0]}"
+        "python -m harness table2 --config-snapshot {params.snapshot} --out {output.md} > {log} 2>&1"
 
 
 rule table3:
@@ -66,53 +53,93 @@ rule table3:
     input:
         table3_inputs,
     output:
-        companions("table3", ".md", ".csv", ".tex", ".png"),
+        md=report(f"{REPORTS}/table3.md", caption="report/table3.rst", category="Table 3",
+                  labels={"content": "Table 3", "format": "Markdown"}),
+        csv=report(f"{REPORTS}/table3.csv", caption="report/table3.rst", category="Table 3",
+                   labels={"content": "Table 3", "format": "CSV"}),
+        tex=f"{REPORTS}/table3.tex",
+        png=report(f"{REPORTS}/table3.png", caption="report/table3_plot.rst", category="Table 3",
+                   labels={"content": "metrics against T_r", "format": "plot"}),
+    log:
+        f"{LOGS}/table3.log",
+    params:
+        snapshot=SNAPSHOT,
+    conda:
+        HARNESS_ENV
     shell:
-        "{HARNESS} table3 {CLI_OPTS} --out {output[0]}"
+        "python -m harness table3 --config-snapshot {params.snapshot} --out {output.md} > {log} 2>&1"
 
 
 rule ablation_expansion:
     input:
         expansion_inputs,
     output:
-        f"{REPORTS}/ablation_expansion.md",
+        report(f"{REPORTS}/ablation_expansion.md", caption="report/ablation_expansion.rst", category="Ablations",
+               labels={"content": "prompt expansion on/off", "format": "Markdown"}),
+    log:
+        f"{LOGS}/ablation_expansion.log",
+    params:
+        snapshot=SNAPSHOT,
+    conda:
+        HARNESS_ENV
     shell:
-        "{HARNESS} ablation-expansion {CLI_OPTS} --out {output}"
+        "python -m harness ablation-expansion --config-snapshot {params.snapshot} --out {output} > {log} 2>&1"
 
 
 rule regression:
     # Exits non-zero on a breach. Snakemake then deletes the outputs of the failed job: run with
-    # --keep-incomplete (as .ci/run does) to keep the report; the table is printed to the log too.
+    # --keep-incomplete (as `make regression` does) to keep the report. The table goes to the
+    # terminal and to the log, which outlives a failed job.
     input:
-        lambda w: score_files(config["benchmarks"], scored_systems(config), config["metrics"]),
-        thresholds=config["thresholds"] if os.path.exists(config["thresholds"]) else [],
+        scores=regression_inputs,
+        thresholds=thresholds_file,
     output:
-        companions("regression", ".md", ".json", ".junit.xml"),
+        md=report(f"{REPORTS}/regression.md", caption="report/regression.rst", category="Regression gate",
+                  labels={"content": "checks", "format": "Markdown"}),
+        json=f"{REPORTS}/regression.json",
+        junit=f"{REPORTS}/regression.junit.xml",
+    log:
+        f"{LOGS}/regression.log",
     params:
-        thresholds=config["thresholds"],
+        snapshot=SNAPSHOT,
+    conda:
+        HARNESS_ENV
     shell:
-        "{HARNESS} regression {CLI_OPTS} --out {output[0]}"
+        "python -m harness regression --config-snapshot {params.snapshot} --out {output.md} 2>&1 | tee {log}"
 
 
 rule timecost:
     # Runs alone (all cores) so the timings are not disturbed by other jobs.
     output:
-        f"{REPORTS}/timecost.md",
+        report(f"{REPORTS}/timecost.md", caption="report/timecost.rst", category="Time cost",
+               labels={"content": "seconds per image", "format": "Markdown"}),
+    log:
+        f"{LOGS}/timecost.log",
     params:
+        snapshot=SNAPSHOT,
         systems=config["systems"],
         weights=config["weights"],
     threads: workflow.cores
+    conda:
+        HARNESS_ENV
     shell:
-        "{HARNESS} timecost {CLI_OPTS} --threads {threads} --out {output}"
+        "python -m harness timecost --config-snapshot {params.snapshot} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule scorer_speed:
     # A benchmark, not part of the tables: builds full-size scorers (random weights unless the
     # config names real ones) and times them against the reference packages, alone on all cores.
     output:
-        f"{REPORTS}/scorer_speed.md",
+        report(f"{REPORTS}/scorer_speed.md", caption="report/scorer_speed.rst", category="Scorer speed",
+               labels={"content": "batched scorers against the reference APIs", "format": "Markdown"}),
+    log:
+        f"{LOGS}/scorer_speed.log",
     params:
-        weights={m: config["weights"].get(m, "tiny") for m in ("hpsv2", "imagereward", "aesthetic", "fid")},
+        snapshot=SNAPSHOT,
+        weights={m: config["weights"].get(m, "tiny") for m in SPEED_METRICS},
     threads: workflow.cores
+    conda:
+        HARNESS_ENV
     shell:
-        "{HARNESS} scorer-speed {CLI_OPTS} --threads {threads} --out {output}"
+        "python -m harness scorer-speed --config-snapshot {params.snapshot} --threads {threads} --out {output}"
+        " > {log} 2>&1"

@@ -1,25 +1,12 @@
-# Scoring: one job per (benchmark, metric) for every table system, so each scorer loads once.
+# Scoring: one job per (benchmark, metric) for every system of a group, so each scorer loads once.
 # Per-image scores are cached by (image sha256, prompt, scorer version) outside the outputs, so a
 # rerun after one system changed scores only its new images.
 # Table rows and ablation systems are scored by separate jobs, so Table 1 never waits for an ablation.
-from harness.tables import final_systems, scored_systems
-
-def ablation_systems(ablation):
-    return [s for s in scored_systems(config) if config["systems"][s].get("ablation") == ablation]
-
-
-SWEEP_SYSTEMS = ablation_systems("tr_sweep")
-EXPANSION_SYSTEMS = ablation_systems("expansion")
-
-
-def score_files(benchmarks, systems, metrics):
-    """Score files for these combinations; FID/KID only where references exist (COCO-5k)."""
-    return [f"{RESULTS}/{b}/{s}/scores/{m}.json" for b in benchmarks for s in systems for m in metrics
-            if b == "coco5k" or m not in ("fid", "kid")]
-
 
 # One scoring rule per group of systems (loop-defined, so all groups share one definition).
-for _group, _systems in (("", final_systems(config)), ("_tr_sweep", SWEEP_SYSTEMS), ("_expansion", EXPANSION_SYSTEMS)):
+for _group, _systems in (("", final_systems(config)),
+                         ("_tr_sweep", ablation_systems(config, "tr_sweep")),
+                         ("_expansion", ablation_systems(config, "expansion"))):
     if not _systems:
         continue
 
@@ -27,13 +14,19 @@ for _group, _systems in (("", final_systems(config)), ("_tr_sweep", SWEEP_SYSTEM
         name:
             f"score{_group}"
         input:
-            lambda w, systems=_systems: [f"{RESULTS}/{w.benchmark}/{s}/manifest.jsonl" for s in systems],
+            lambda w, systems=_systems: manifests([w.benchmark], systems),
         output:
             [f"{RESULTS}/{{benchmark}}/{s}/scores/{{metric}}.json" for s in _systems],
+        log:
+            f"{LOGS}/score{_group}/{{benchmark}}/{{metric}}.log",
         params:
+            snapshot=SNAPSHOT,
             weights=lambda w: config["weights"][w.metric],
             systems=" ".join(_systems),
         threads: 1
+        conda:
+            HARNESS_ENV
         shell:
-            "{HARNESS} score {CLI_OPTS} --threads {threads} --benchmark {wildcards.benchmark} --metric {wildcards.metric}"
-            " --systems {params.systems}"
+            "python -m harness score --config-snapshot {params.snapshot} --threads {threads}"
+            " --benchmark {wildcards.benchmark} --metric {wildcards.metric} --systems {params.systems}"
+            " > {log} 2>&1"

@@ -1,0 +1,131 @@
+# Input functions and the paths rules share (functions only: the rules live in the other .smk files).
+# Which systems, benchmarks and metrics a target needs comes from the harness package, so the DAG and
+# the CLI the rules call never disagree.
+from pathlib import Path
+
+from harness.ablations import expansion_pairs, tr_sweep_points
+from harness.expansion_report import expansion_benchmarks
+from harness.humaneval.export import EXPORT_KEYS, humaneval_systems
+from harness.scorer_speed import SPEED_METRICS
+from harness.scorers.registry import metric_applies
+from harness.systems import ablation_systems, final_systems, scored_systems
+from harness.tables import (table1_benchmarks, table1_metrics, table2_benchmarks, table2_metrics,
+                            table3_benchmark, table3_metrics)
+
+
+def demo_targets():
+    """The demo (the all target): Table 1, Table 3 and the expansion ablation, each where the config has it."""
+    targets = [f"{REPORTS}/table1.md"]
+    if tr_sweep_points(config):
+        targets.append(f"{REPORTS}/table3.md")
+    if expansion_pairs(config):
+        targets.append(f"{REPORTS}/ablation_expansion.md")
+    return targets
+
+
+def manifest(benchmark, system):
+    return f"{RESULTS}/{benchmark}/{system}/manifest.jsonl"
+
+
+def manifests(benchmarks, systems):
+    return [manifest(b, s) for b in benchmarks for s in systems]
+
+
+def score_files(benchmarks, systems, metrics):
+    """Score files for these combinations, where the metric applies (FID/KID: benchmarks with references)."""
+    return [f"{RESULTS}/{b}/{s}/scores/{m}.json" for b in benchmarks for s in systems for m in metrics
+            if metric_applies(m, b)]
+
+
+def configured_benchmarks(benchmarks):
+    return [b for b in benchmarks if b in config["benchmarks"]]
+
+
+def table_systems():
+    """Every system a table row is made of: the rows and the stages they read (not ablation systems)."""
+    return [s for s, spec in config["systems"].items() if not spec.get("ablation")]
+
+
+# ---- generation -------------------------------------------------------------------------------------
+
+
+def system_params(w):
+    """What can change a system's images: its spec, its weights entry, and the run settings."""
+    from models.registry import system_weight_keys
+
+    spec = config["systems"][w.system]
+    return {
+        "spec": spec,
+        "weights": {k: config["weights"][k] for k in system_weight_keys(w.system, spec)},
+        "run": {k: config[k] for k in ("seed", "num_prompts", "samples_per_prompt", "dtype", "device", "batch_invariant", "data_dir")},
+    }
+
+
+def generation_inputs(w):
+    """The upstream stage's manifest (relay systems) and the expanded prompts (expand: true)."""
+    spec = config["systems"][w.system]
+    out = [manifest(w.benchmark, spec["input"])] if spec.get("input") else []
+    if spec.get("expand"):
+        out.append(f"{RESULTS}/{w.benchmark}/expansions.jsonl")
+    return out
+
+
+def shard_manifests(w):
+    """The shard manifests one merge job reads (only when config shards > 1)."""
+    n = config["shards"]
+    return [f"{RESULTS}/{w.benchmark}/{w.system}/manifest.shard-{i}-of-{n}.jsonl" for i in range(n)]
+
+
+# ---- reports ----------------------------------------------------------------------------------------
+
+
+def table1_inputs(w):
+    benchmarks = configured_benchmarks(table1_benchmarks(config))
+    return (score_files(benchmarks, final_systems(config), table1_metrics(config))
+            + manifests(benchmarks, table_systems()))
+
+
+def table2_inputs(w):
+    benchmarks = configured_benchmarks(table2_benchmarks(config))
+    return (score_files(benchmarks, final_systems(config), table2_metrics(config))
+            + manifests(benchmarks, table_systems()))
+
+
+def table3_inputs(w):
+    points = [s for _, s in tr_sweep_points(config)]
+    return score_files([table3_benchmark(config)], points, table3_metrics(config))
+
+
+def expansion_inputs(w):
+    systems = [s for pair in expansion_pairs(config) for s in pair]
+    benchmarks = expansion_benchmarks(config)
+    return (score_files(benchmarks, systems, table1_metrics(config))
+            + [f"{RESULTS}/{b}/expansions.jsonl" for b in benchmarks])
+
+
+def regression_inputs(w):
+    return score_files(config["benchmarks"], scored_systems(config), config["metrics"])
+
+
+def thresholds_file(w):
+    """The gate's thresholds; when the file is missing the job runs and the CLI names the config key."""
+    return [config["thresholds"]] if Path(config["thresholds"]).exists() else []
+
+
+# ---- human evaluation -------------------------------------------------------------------------------
+
+
+def humaneval_inputs(w):
+    return manifests([config["humaneval"]["benchmark"]], humaneval_systems(config))
+
+
+def filled_sheets(w):
+    folder = Path(config["humaneval"]["annotations_dir"])
+    sheets = sorted(str(p) for p in folder.glob("*.csv"))
+    if not sheets:
+        raise ValueError(
+            f"no filled sheets (*.csv) in {folder} (config key humaneval.annotations_dir): put the annotators' "
+            f"exported CSVs there, or fill them with synthetic annotators to check the pipeline: "
+            f"python -m harness humaneval-simulate --key {HUMANEVAL}/key.json --out-dir {folder}"
+        )
+    return sheets
