@@ -45,7 +45,7 @@ def test_tiled_relay_system_runs_and_one_covering_tile_is_the_plain_relay():
     spec = {"model": "cogview3-relay", "input": "b", "weights": "cogview3-relay", "t_r": 500, "steps": 2}
     img = Image.fromarray(np.random.RandomState(0).randint(0, 256, (64, 64, 3), dtype=np.uint8))
     tiled = build_system("t", {**spec, "tile_size": 8, "tile_overlap": 4}, w).build()
-    assert "tiled, 8-latent tiles overlapping 4" in tiled.describe_grid()
+    assert "tiled, 8-latent tiles overlapping 4" in tiled.describe_grid(tiled.params)
     out = tiled.generate(["a lighthouse"], [0], [img])[0]
     assert out.size == (128, 128)
     assert tiled.vae.use_tiling

@@ -189,7 +189,7 @@ def mentions(text: str) -> list[str]:
 
     subcommands = next(a for a in build_parser()._actions if a.dest == "command").choices
     harness = "|".join(re.escape(s) for s in sorted(subcommands, key=len, reverse=True))
-    pattern = rf"\bsnakemake\s+(?:--?[a-zA-Z]|[\w./-]*/)|\bpython -m harness\s+(?:{harness})\b"
+    pattern = rf"\bsnakemake\s+(?:--?[a-zA-Z]|[\w./-]*/)|\bpython -m harness\s+(?:{harness}|--version)\b"
     return re.findall(pattern, text)
 
 
@@ -279,7 +279,7 @@ def paper_fixtures(tmp_path_factory):
     made = sorted((out / "data" / "coco" / "val2017").iterdir())
     assert made, "the fixtures wrote no COCO val2017 images"
     (data / "coco" / "val2017").mkdir()
-    for ref in reference_images(data, load_prompts("coco5k", data, None)):
+    for ref in reference_images("coco5k", data, load_prompts("coco5k", data, None)):
         own = out / "data" / "coco" / "val2017" / ref.name
         ref.symlink_to(own if own.is_file() else made[0])
     yield PaperFixtures(out / "weights", data, out)
@@ -420,6 +420,10 @@ def test_harness_command(cmd, repo, request):
     from harness.config import load_config
 
     argv = shlex.split(cmd.text)[3:]
+    if argv == ["--version"]:
+        proc = subprocess.run(cmd.text, shell=True, cwd=repo, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 0 and proc.stdout.startswith("cogview3-harness "), _tail(proc)
+        return
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):

@@ -12,9 +12,10 @@ from harness.errors import HarnessError
 from harness.prompts import load_prompts
 from harness.scorers.fid import FIDScorer, KIDScorer, TinyFeatures, fid_preprocess
 from harness.scorers.registry import build_scorer
-from harness.scoring import run_scoring, scores_path
+from harness.manifests import scores_path
+from harness.scoring import run_scoring
 from tests.conftest import smoke_config
-from tests.test_pipeline import generate
+from tests.helpers import generate
 
 
 def smoke_weights():
@@ -73,11 +74,12 @@ def test_fid_and_kid_of_a_system_match_torchmetrics_end_to_end(tmp_path, data_di
     assert kid["value"] == pytest.approx(float(ref_kid.compute()[0]), rel=1e-5, abs=1e-9)
     assert fid["value"] > 0
 
-    from harness.tables import SMOKE_BANNER, table2
+    from harness.render import BANNERS
+    from harness.tables import write_table2
 
     cfg["metrics"] = ["fid", "kid"]
-    t2 = table2(cfg, {"sdxl": "2"}).splitlines()
-    assert t2[0] == SMOKE_BANNER and "| Model | Steps | Time cost (paper) | COCO-5k FID | COCO-5k KID | COCO-5k Aes" in t2[4]
+    t2 = write_table2(cfg, tmp_path / "reports" / "table2.md").read_text().splitlines()
+    assert t2[0] == BANNERS["smoke"] and "| Model | Steps | Time cost (paper) | COCO-5k FID ↓ | COCO-5k KID ↓ |" == t2[4]
     row = next(line for line in t2 if line.startswith("| sdxl |")).split(" | ")
     assert row[3] == f"{fid['value']:.4f} (N={n})" and row[4].startswith(f"{kid['value']:.4f} ± ")
 
@@ -92,7 +94,7 @@ def test_set_metrics_refuse_benchmarks_without_references(tmp_path):
     cfg = smoke_config(tmp_path, num_prompts=2, metrics=["fid"], weights={**smoke_weights(), "fid": "tiny"})
     cfg["systems"] = {"sdxl": dict(cfg["systems"]["sdxl"], steps=2)}
     generate(cfg, "sdxl")
-    with pytest.raises(HarnessError, match="only the coco5k benchmark has"):
+    with pytest.raises(HarnessError, match="benchmark 'smoke' has no reference images.*coco5k"):
         run_scoring(cfg, "smoke", ["sdxl"], "fid")
 
 

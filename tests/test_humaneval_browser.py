@@ -11,7 +11,7 @@ import yaml
 
 from tests.browser import chrome
 from tests.conftest import ROOT
-from tests.test_pipeline import snakemake
+from tests.helpers import snakemake
 
 
 def _config(tmp_path):

@@ -47,10 +47,10 @@ def test_paper_profile_runs_on_real_layout_checkpoints(tmp_path, data_dir):
     assert run.returncode == 0, run.stderr[-6000:]
 
     table1 = (work / "reports" / "table1.md").read_text()
-    from harness.tables import FIXTURES_BANNER
+    from harness.render import BANNERS
 
     for report in ("table1.md", "table2.md", "table3.md"):  # numbers from random weights say so first
-        assert (work / "reports" / report).read_text().startswith(FIXTURES_BANNER), report
+        assert (work / "reports" / report).read_text().startswith(BANNERS["fixtures"]), report
     for system in ("sdxl", "stable-cascade", "lcm-sdxl", "cogview3", "cogview3-distill-4+1", "cogview3-distill-8+2"):
         assert f"| {system} " in table1 or f"| `{system}` " in table1 or system in table1, system
     table2 = (work / "reports" / "table2.md").read_text()

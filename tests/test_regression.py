@@ -11,7 +11,7 @@ from harness.errors import ConfigError
 from harness.regression import run_regression
 from harness.scoring import run_scoring
 from tests.conftest import smoke_config
-from tests.test_pipeline import generate
+from tests.helpers import generate
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ from PIL import Image
 
 from harness.errors import HarnessError
 from harness.io import read_jsonl, sha256_file
-from harness.runner import merge_manifests, run_generation, shard_manifest_path, system_dir
+from harness.manifests import merge_manifests, shard_manifest_path, system_dir
+from harness.runner import run_generation
 from harness.seeds import sample_seed
 from models.registry import build_system
 from tests.conftest import smoke_config
