@@ -86,6 +86,18 @@ wildcard_constraints:
 include: "workflows/common.smk"
 
 
+onstart:
+    start_preload_server()
+
+
+onsuccess:
+    stop_preload_server()
+
+
+onerror:
+    stop_preload_server()
+
+
 rule all:
     # The demo (`make demo`): Table 1, Table 3 and the expansion ablation.
     input:

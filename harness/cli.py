@@ -12,6 +12,7 @@
     python -m harness humaneval-import --key reports/humaneval/key.json --out reports/humaneval/results.md [sheets...]
     python -m harness validate --config config/paper.yaml
     python -m harness preflight --config config/paper.yaml
+    python -m harness preload-server --socket /tmp/harness.sock   (started by the Snakefile for local runs)
 
 The config is read from ``--config`` (YAML; default config/config.yaml) or from the snapshot the
 Snakefile writes (``--config-snapshot``), so a rule and a hand-run command see the same values.
@@ -274,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--no-hash", action="store_true", help="skip hashing the weight files (first hash of a file is slow)")
     pf.set_defaults(func=cmd_preflight)
 
+    ps = sub.add_parser("preload-server", help="import torch/diffusers/transformers once and fork a child per "
+                        "generate/score command (the Snakefile starts it for local runs)")
+    ps.add_argument("--socket", required=True, help="Unix socket path; jobs find it in $HARNESS_PRELOAD_SOCKET")
+    ps.set_defaults(func=cmd_preload_server)
+
     fx = sub.add_parser("fixtures", help="tiny random-weight checkpoints in the upstream layouts + DIR/paper-tiny.yaml")
     fx.add_argument("--out", required=True, help="folder to write weights/, data/ and paper-tiny.yaml into")
     fx.add_argument("--data-dir", help="folder holding the prompt files (default: data_dir of config/paper.yaml)")
@@ -281,7 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def cmd_preload_server(args) -> None:
+    from harness.preload import serve
+
+    serve(args.socket)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from harness.preload import run_in_server
+
+    argv = sys.argv[1:] if argv is None else argv
+    forked = run_in_server(argv)  # a preload server is running (local Snakemake run): the job runs there
+    if forked is not None:
+        return forked
     args = build_parser().parse_args(argv)  # a usage error exits 2 (argparse)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

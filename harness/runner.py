@@ -82,6 +82,8 @@ def run_generation(
     from models.registry import build_system
 
     results_dir = Path(config["results_dir"])
+    if system_name not in config["systems"]:
+        raise HarnessError(f"system {system_name!r} is not in the config's systems; known: {', '.join(config['systems'])}")
     spec = config["systems"][system_name]
     if system is None:
         system = build_system(

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from harness.errors import HarnessError
 from harness.io import append_jsonl, atomic_write_json, digest, read_jsonl
 from harness.manifests import open_row_image, read_manifest, scores_path
 
@@ -40,6 +41,9 @@ def run_scoring(config: dict[str, Any], benchmark: str, systems: str | list[str]
     from harness.scorers.registry import build_scorer, scorer_class
 
     systems = [systems] if isinstance(systems, str) else list(systems)
+    unknown = [s for s in systems if s not in config["systems"]]
+    if unknown:
+        raise HarnessError(f"system {unknown[0]!r} is not in the config's systems; known: {', '.join(config['systems'])}")
     results_dir = config["results_dir"]
     manifests = {s: read_manifest(results_dir, benchmark, s) for s in systems}
     if scorer is None:

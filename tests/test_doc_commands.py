@@ -410,6 +410,15 @@ def test_snakemake_command_dry_runs(cmd, repo, request):
                  if not f.endswith((".yaml", ".yml", ".json"))]
     assert not swallowed, (f"`{cmd.text}`: --configfile takes several values, so {swallowed} is read as a config "
                            "file, not a target: put the targets before --configfile")
+    if argv[1:] == ["--lint"]:  # runs for real: it executes nothing
+        proc = subprocess.run(cmd.text, shell=True, cwd=repo, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 0 and "good condition" in proc.stdout + proc.stderr, _tail(proc)
+        return
+    if "--report" in argv:  # needs a finished run: the workflow test runs exactly this after one
+        workflow_test = (ROOT / "tests" / "test_workflow.py").read_text()
+        assert ", ".join(f'"{a}"' for a in argv[1:]) in workflow_test, (
+            f"`{cmd.text}` is not what tests/test_workflow.py::test_report_contains_table1 runs after its DAG")
+        return
     rc, log = dry_run(cmd.text, repo, request)
     _assert_dry_run(cmd.text, rc, log)
 

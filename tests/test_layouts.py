@@ -132,7 +132,8 @@ def test_preflight_lists_every_missing_file_and_fails(tmp_path, data_dir):
     for key in cfg["weights"]:
         if key != "kid":  # shares fid's folder: one message for it
             assert any(f"weights.{key} " in p for p in problems), key
-    assert any("COCO val2017 reference images are missing" in p for p in problems)
+    assert any(p.split(". ", 1)[1].startswith("benchmark coco5k: ") and "reference images are missing in" in p
+               and "val2017" in p for p in problems)
     assert "plan (estimates for one A100" in out.stdout
 
     unset = run_cli("validate", "--config", str(path), env={"HARNESS_WEIGHTS": ""})

@@ -1,11 +1,16 @@
 # Input functions and the paths rules share (functions only: the rules live in the other .smk files).
 # Which systems, benchmarks and metrics a target needs comes from the harness package, so the DAG and
 # the CLI the rules call never disagree.
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from harness.ablations import expansion_pairs, tr_sweep_points
 from harness.expansion_report import expansion_benchmarks
 from harness.humaneval.export import EXPORT_KEYS, humaneval_systems
+from harness.preload import SOCKET_ENV
 from harness.scorer_speed import SPEED_METRICS
 from harness.scorers.registry import metric_applies
 from harness.systems import ablation_systems, final_systems, scored_systems
@@ -129,3 +134,34 @@ def filled_sheets(w):
             f"python -m harness humaneval-simulate --key {HUMANEVAL}/key.json --out-dir {folder}"
         )
     return sheets
+
+
+# ---- the preload server (harness/preload.py) ------------------------------------------------------
+
+PRELOAD_SERVERS = []
+
+
+def start_preload_server():
+    """Local runs: one process imports torch/diffusers/transformers/open_clip once and forks a child
+    per generate/score job, which then starts in a fraction of a second. HARNESS_PRELOAD=0 turns it off."""
+    if not workflow.local_exec or os.environ.get("HARNESS_PRELOAD", "1") == "0":
+        return
+    path = os.path.join(tempfile.gettempdir(), f"harness-preload-{os.getpid()}.sock")  # short: AF_UNIX limit
+    os.makedirs(LOGS, exist_ok=True)
+    with open(f"{LOGS}/preload-server.log", "w") as log:
+        env = dict(os.environ, PYTHONPATH=f"{workflow.basedir}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                   HF_HUB_OFFLINE="1")
+        PRELOAD_SERVERS.append(subprocess.Popen(
+            [sys.executable, "-m", "harness", "preload-server", "--socket", path], cwd=workflow.basedir, env=env,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    os.environ[SOCKET_ENV] = path  # jobs inherit it; where nobody listens, they run in their own process
+
+
+def stop_preload_server():
+    for server in PRELOAD_SERVERS:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    os.environ.pop(SOCKET_ENV, None)
