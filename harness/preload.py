@@ -137,15 +137,18 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> None:
         sys.path[0] = os.getcwd()  # as `python -m` would: the job's working directory first
         sys.argv = ["python -m harness", *request["argv"]]
         import logging
+        import runpy
 
         logging.root.handlers.clear()  # the CLI configures logging onto this job's stderr
         for name in [m for m in sys.modules if m.split(".")[0] in ("harness", "models")]:
             del sys.modules[name]  # the job's own checkout, imported fresh
-        from harness.cli import main
-
-        code = main(request["argv"])
-    except SystemExit as exc:  # argparse
-        code = exc.code if isinstance(exc.code, int) else 2
+        runpy.run_module("harness", run_name="__main__", alter_sys=True)  # `python -m harness`: exits
+    except SystemExit as exc:  # the CLI's exit status (argparse's too), as the interpreter would set it
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
     except BaseException:  # noqa: BLE001  (reported, never swallowed: the status says crash)
         import traceback
 
