@@ -33,7 +33,7 @@ def test_paper_config_is_valid():
         (lambda c: c["systems"]["sdxl"].update(steps=-1), "'systems.sdxl.steps': -1 is less than the minimum of 1"),
         (lambda c: c["systems"]["sdxl"].update(guidence=5.0), "'systems.sdxl.guidence': unknown key"),
         (lambda c: c["systems"]["sdxl"].update(resolution=100), "'systems.sdxl.resolution'"),
-        (lambda c: c["systems"]["sdxl"].update(model="sd15"), "config key systems.sdxl.model: unknown name 'sd15'; known: cogview3-base"),
+        (lambda c: c["systems"]["sdxl"].update(model="no-such-model"), "config key systems.sdxl.model: unknown name 'no-such-model'; known: cogview3-base"),
         (lambda c: c["systems"]["sdxl"].update(weights="nope"), "'systems.sdxl': weights entry 'nope' is missing"),
         (lambda c: c.update(metrics=["fidd"]), "'metrics.0': unknown metric 'fidd'"),
         (lambda c: c["weights"].pop("aesthetic"), "'weights.aesthetic': missing"),
