@@ -14,18 +14,12 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from harness.io import sha256_file
+
 
 def cache_dir() -> Path:
     root = Path(os.environ.get("HARNESS_CACHE_DIR", Path.home() / ".cache" / "cogview3-harness"))
     return root / "sha256"
-
-
-def hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_sha256(path: Path) -> str:
@@ -38,14 +32,14 @@ def file_sha256(path: Path) -> str:
         entry.parent.mkdir(parents=True, exist_ok=True)
         lock = open(entry.with_suffix(".lock"), "a")
     except OSError:
-        return hash_file(path)  # read-only home: hashing still works, just uncached
+        return sha256_file(path)  # read-only home: hashing still works, just uncached
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second job waits here, then reads the first one's entry
         if entry.is_file():
             value = entry.read_text().strip()
             if len(value) == 64:
                 return value
-        value = hash_file(path)
+        value = sha256_file(path)
         tmp = entry.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(value + "\n")
         os.replace(tmp, entry)

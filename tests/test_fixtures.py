@@ -22,9 +22,9 @@ SMALL = [name for name in fixtures.LAYOUTS if name != "imagereward"]
 
 
 def _sha256(path: Path) -> str:
-    from models.weights import hash_file
+    from harness.io import sha256_file
 
-    return hash_file(path)
+    return sha256_file(path)
 
 
 def _digests(root: Path) -> dict[str, str]:

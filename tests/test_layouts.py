@@ -97,8 +97,8 @@ def test_fingerprint_hashes_only_the_loaded_files_and_each_once(tmp_path, monkey
     touch(tmp_path / "sdxl" / "tokenizer_2" / "vocab.json", "{}")
     touch(tmp_path / "sdxl" / "tokenizer_2" / "merges.txt")
     hashed = []
-    real = weights.hash_file
-    monkeypatch.setattr(weights, "hash_file", lambda p: hashed.append(str(p)) or real(p))
+    real = weights.sha256_file
+    monkeypatch.setattr(weights, "sha256_file", lambda p: hashed.append(str(p)) or real(p))
     system = build_system("sdxl", {"model": "sdxl"}, {"sdxl": str(tmp_path / "sdxl")}, "cpu", "float32")
     first = system.weights_fingerprint()
     touch(tmp_path / "sdxl" / "sd_xl_base_1.0.safetensors", "6.9 GB the pipeline never loads")
