@@ -27,11 +27,9 @@ import logging
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from harness.errors import HarnessError
 from harness.io import append_jsonl, atomic_write_jsonl, read_jsonl
@@ -147,40 +145,167 @@ class OfflineExpander(Expander):
         return {"backend": self.backend, "version": self.VERSION}
 
 
+class _Transient(Exception):
+    """One failed attempt that a later attempt may fix: 429, 5xx, a timeout, a dropped connection."""
+
+    def __init__(self, what: str, retry_after: float | None = None):
+        super().__init__(what)
+        self.what, self.retry_after = what, retry_after
+
+
 class OpenAIExpander(Expander):
-    """An OpenAI-compatible ``/chat/completions`` endpoint (GLM-4-Plus in the official script)."""
+    """An OpenAI-compatible ``/chat/completions`` endpoint (GLM-4-Plus in the official script).
+
+    ``retries`` is the number of attempts in all. Only 429, 5xx, timeouts and connection errors are
+    retried, with exponential backoff (or the server's numeric Retry-After on 429/503, capped); any
+    other answer (400, 401, 403, 404, 422, a 200 without ``choices[0].message.content``) fails at once
+    with the server's own message. The API key is read from the environment at each request, and
+    every text that could echo it (server messages, log records, errors, expansions) has it replaced
+    by ``***``. ``sleep`` is injectable so tests need not wait.
+    """
 
     backend = "openai"
+    BACKOFF_MAX_S = 30
+    RETRY_AFTER_MAX_S = 60
+    MESSAGE_CHARS = 300
 
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", temperature: float = 0.01,
-                 top_p: float = 0.7, max_tokens: int = 300, retries: int = 5, timeout_s: float = 60):
+                 top_p: float = 0.7, max_tokens: int = 300, retries: int = 5, timeout_s: float = 60,
+                 sleep: Callable[[float], None] | None = None):
         self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
         self.sampling = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
         self.retries, self.timeout_s = retries, timeout_s
+        self.sleep = sleep if sleep is not None else time.sleep
+        self._session = None
 
-    def _post(self, body: dict) -> dict:
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/chat/completions"
+
+    @staticmethod
+    def _redact(text: str, key: str) -> str:
+        return text.replace(key, "***") if key else text
+
+    def _server_message(self, resp, key: str) -> str:
+        """The server's own error message (OpenAI/Zhipu/FastAPI JSON shapes, else the text), key redacted."""
+        msg = None
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            err = data.get("error")
+            if isinstance(err, dict) and err.get("message"):
+                msg = err["message"]
+            elif isinstance(err, str) and err:
+                msg = err
+            elif data.get("message"):
+                msg = data["message"]
+            elif data.get("detail"):
+                msg = data["detail"]
+        if msg is None:
+            msg = resp.text
+        if not isinstance(msg, str):
+            msg = json.dumps(msg, ensure_ascii=False)
+        msg = clean(self._redact(msg, key))  # redact before cutting: a cut must not leave part of the key
+        if len(msg) > self.MESSAGE_CHARS:
+            msg = msg[: self.MESSAGE_CHARS] + "..."
+        return f'"{msg}"' if msg else "(empty body)"
+
+    @staticmethod
+    def _retry_after(resp) -> float | None:
+        if resp.status_code not in (429, 503):
+            return None
+        try:
+            value = float(resp.headers.get("Retry-After", ""))
+        except ValueError:  # absent, or an HTTP date: back off as usual
+            return None
+        return value if value >= 0 else None
+
+    @staticmethod
+    def _status(resp) -> str:
+        return f"HTTP {resp.status_code} {resp.reason}" if resp.reason else f"HTTP {resp.status_code}"
+
+    def _refused(self, resp, message: str) -> str:
+        status = resp.status_code
+        if status in (401, 403):
+            todo = (f"the key was refused: check the API key in the environment variable {self.api_key_env} "
+                    f"(config key 'expansion.api_key_env') and that it may use model {self.model!r}")
+        elif status == 404:
+            todo = (f"no such endpoint or model: check config keys 'expansion.base_url' ({self.base_url}) and "
+                    f"'expansion.model' ({self.model!r})")
+        elif 300 <= status < 400:  # not followed: a redirected POST becomes a GET without its body
+            todo = (f"the endpoint moved to {resp.headers.get('Location', '(no Location header)')}: put its new "
+                    "base in config key 'expansion.base_url'")
+        elif status in (400, 422):
+            todo = ("the server refused the request, its message says why (config keys 'expansion.model', "
+                    "'expansion.temperature', 'expansion.top_p', 'expansion.max_tokens')")
+        else:
+            todo = "the server refused the request, its message says why"
+        return f"prompt expansion: POST {self.url} answered {self._status(resp)}: {message}; {todo}; not retried"
+
+    def _post_once(self, body: dict, key: str) -> str:
+        """One attempt: the completion text, or _Transient (worth retrying), or HarnessError (not)."""
+        import requests
+
+        if self._session is None:
+            self._session = requests.Session()
+        try:
+            resp = self._session.post(self.url, json=body, timeout=self.timeout_s,
+                                      headers={"Authorization": f"Bearer {key}"}, allow_redirects=False)
+        except requests.Timeout as err:
+            raise _Transient(f"no answer within {self.timeout_s} s (config key 'expansion.timeout_s'): "
+                             f"{self._redact(str(err), key)}") from None
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+            raise _Transient(f"connection failed: {self._redact(str(err), key)}") from None
+        except requests.RequestException as err:
+            raise HarnessError(self._redact(f"prompt expansion: POST {self.url} could not be sent ({err}); check "
+                                            "config key 'expansion.base_url'; not retried", key)) from None
+        status = resp.status_code
+        if status == 429 or status >= 500:
+            raise _Transient(f"{self._status(resp)}: {self._server_message(resp, key)}", self._retry_after(resp))
+        if not 200 <= status < 300:
+            raise HarnessError(self._redact(self._refused(resp, self._server_message(resp, key)), key))
+        try:
+            content = resp.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            content = None
+        if not isinstance(content, str):
+            got = clean(self._redact(resp.text, key))
+            got = (got[: self.MESSAGE_CHARS] + "...") if len(got) > self.MESSAGE_CHARS else got
+            raise HarnessError(self._redact(
+                f"prompt expansion: POST {self.url} answered {self._status(resp)} without choices[0].message.content, "
+                f"it returned: {got or '(empty body)'}; check that config key 'expansion.base_url' names an "
+                "OpenAI-compatible API (the part before /chat/completions); not retried", key))
+        return self._redact(content, key)
+
+    def _wait(self, state) -> float:
+        err = state.outcome.exception()
+        if isinstance(err, _Transient) and err.retry_after is not None:
+            return min(err.retry_after, self.RETRY_AFTER_MAX_S)
+        return min(2 ** (state.attempt_number - 1), self.BACKOFF_MAX_S)
+
+    def _log_retry(self, state) -> None:
+        log.warning("prompt expansion: attempt %d/%d to POST %s failed: %s; retrying in %.1f s", state.attempt_number,
+                    self.retries, self.url, state.outcome.exception().what, state.next_action.sleep)
+
+    def expand_one(self, prompt: str) -> str:
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
+
         key = os.environ.get(self.api_key_env)
         if not key:
             raise HarnessError(f"prompt expansion: environment variable {self.api_key_env} (config key "
                                "'expansion.api_key_env') holds no API key; set it, or replay from the cache")
-        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-            return json.loads(resp.read())
-
-    def expand_one(self, prompt: str) -> str:
         body = {"model": self.model, "messages": chat_messages(prompt), "stream": False, **self.sampling}
-        last: Exception | None = None
-        for attempt in range(self.retries):
-            try:
-                return self._post(body)["choices"][0]["message"]["content"]
-            except HarnessError:
-                raise
-            except (urllib.error.URLError, TimeoutError, KeyError, IndexError, json.JSONDecodeError) as err:
-                last = err
-                log.warning("expansion request %d/%d to %s failed: %s", attempt + 1, self.retries, self.base_url, err)
-                time.sleep(min(2**attempt, 30))
-        raise HarnessError(f"prompt expansion: {self.base_url} failed {self.retries} times for prompt {prompt!r} ({last})")
+        retrying = Retrying(stop=stop_after_attempt(max(1, self.retries)), wait=self._wait, sleep=self.sleep,
+                            retry=retry_if_exception_type(_Transient), before_sleep=self._log_retry, reraise=True)
+        try:
+            return retrying(self._post_once, body, key)
+        except _Transient as err:
+            raise HarnessError(self._redact(
+                f"prompt expansion: POST {self.url} failed {self.retries} attempt(s) in a row, the last with "
+                f"{err.what}; the server is overloaded, rate-limited or unreachable: try again later, or raise "
+                "config keys 'expansion.retries' / 'expansion.timeout_s'", key)) from None
 
     def fingerprint(self) -> dict[str, Any]:
         return {"backend": self.backend, "base_url": self.base_url, "model": self.model, **self.sampling,
