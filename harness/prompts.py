@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
+import io
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 
 
 @dataclass(frozen=True)
@@ -76,13 +79,42 @@ def _checked(data_dir: Path, spec: PromptFile, benchmark: str) -> Path:
             f"prompt set {benchmark!r}: file {path} not found; get {spec.source} and put it there, "
             "or point data_dir at the folder that holds it"
         )
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     if digest != spec.sha256:
-        raise HarnessError(
+        raise HarnessError(_line_ending_hint(path, data, spec, benchmark) or (
             f"prompt set {benchmark!r}: file {path} has sha256 {digest}, expected {spec.sha256}; "
             f"it was altered or is another version: replace it with {spec.source}"
-        )
+        ))
     return path
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _line_ending_hint(path: Path, data: bytes, spec: PromptFile, benchmark: str) -> str | None:
+    """The message for a pinned file whose sha256 differs because of Windows line endings or a
+    UTF-8 byte-order mark (an editor or ``git config core.autocrlf=true`` adds them); None if it has neither."""
+    crlf, bom = b"\r\n" in data, data.startswith(_BOM)
+    if not (crlf or bom):
+        return None
+    what, fixes = [], []
+    if crlf:
+        what.append("Windows (CRLF) line endings")
+        fixes.append(f"convert it to LF (`dos2unix {path}`, or `sed -i 's/\\r$//' {path}`; with git, set "
+                     "core.autocrlf=false and check the file out again)")
+    if bom:
+        what.append("a UTF-8 byte-order mark (BOM) at its start")
+        fixes.append(f"remove the BOM (`sed -i '1s/^\\xEF\\xBB\\xBF//' {path}`, or save it as UTF-8 without BOM)")
+    fixed = data[len(_BOM):] if bom else data
+    fixed = fixed.replace(b"\r\n", b"\n")
+    if hashlib.sha256(fixed).hexdigest() == spec.sha256:
+        outcome = "that is the only difference: converting restores the pinned file"
+    else:
+        outcome = (f"even converted it would not match the pinned sha256 {spec.sha256}, so it was also altered or is "
+                   f"another version: replace it with {spec.source}")
+    return (f"prompt set {benchmark!r}: file {path} has {' and '.join(what)}, so its sha256 differs from the pinned "
+            f"one; {' and '.join(fixes)}; {outcome}")
 
 
 def _drawbench(data_dir: Path) -> list[Prompt]:
@@ -165,6 +197,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("smoke", "smoke set", _smoke, ("category",)),
 )}
 
+#: the prompt sets that ship with the harness; a custom set (config ``prompt_sets``) may not take their names
+BUILTIN_BENCHMARKS: tuple[str, ...] = tuple(BENCHMARKS)
+
 
 def benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
@@ -185,3 +220,197 @@ def reference_images(name: str, data_dir: str | Path, prompts: list[Prompt]) -> 
         raise HarnessError(f"benchmark {name!r} has no reference images; set metrics (FID, KID) need a benchmark "
                            f"that has them: {', '.join(b for b, x in BENCHMARKS.items() if x.has_references)}")
     return bench.references(Path(data_dir), prompts)
+
+
+# ---- custom prompt sets (config ``prompt_sets``: name -> CSV or TSV file) ------------------------------
+
+#: the longest prompt a custom set may hold, in characters. No text encoder the harness runs reads more than
+#: 224 tokens (T5 in CogView3; CLIP reads 77), about 1,000 characters of English, so a longer prompt is almost
+#: always a CSV quoting accident: an unbalanced '"' swallows the following lines into one field.
+MAX_PROMPT_CHARS = 1000
+#: ids become image file names ``<id>_<sample>.png``: only characters safe in file names on every system
+MAX_ID_CHARS = 64
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")
+_SET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_REQUIRED_COLUMNS = ("id", "prompt")
+_COLUMNS = ("id", "prompt", "category")
+_COLUMNS_TEXT = "id, prompt and optionally category"
+
+
+def _delimiter(path: Path, header_line: str) -> str:
+    """Tab for .tsv, comma for .csv; otherwise whichever of the two the header line uses."""
+    suffix = path.suffix.lower()
+    if suffix == ".tsv":
+        return "\t"
+    if suffix == ".csv":
+        return ","
+    return "\t" if "\t" in header_line and "," not in header_line else ","
+
+
+def load_prompt_table(path: str | Path, name: str) -> list[Prompt]:
+    """The prompts of a custom prompt set: a CSV (comma) or TSV (tab) file with a header row and the columns
+    ``id``, ``prompt`` and optionally ``category``, in file order.
+
+    The delimiter follows the suffix (.tsv: tab, .csv: comma) or, for any other suffix, the header line.
+    CSV uses normal quoting; TSV is read with quoting off (a '"' in a prompt is kept as it is), like
+    PartiPrompts. Encoding UTF-8, a byte-order mark is accepted; CRLF line endings are fine. Every problem
+    is one :class:`HarnessError` naming the file and line.
+    """
+    path = Path(path)
+    where = f"prompt set {name!r}: {path}"
+    if not path.exists():
+        raise HarnessError(f"{where} not found (a relative path is relative to the working directory, "
+                           f"{Path.cwd()}); fix prompt_sets.{name} in the config or create the file")
+    if path.is_dir():
+        raise HarnessError(f"{where} is a folder; point prompt_sets.{name} at a CSV or TSV file with the columns "
+                           f"{_COLUMNS_TEXT}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise HarnessError(f"{where} cannot be read ({e.strerror or e}); check its permissions") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise HarnessError(f"{where} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as "
+                           "UTF-8 (in a spreadsheet: 'CSV UTF-8')") from None
+    if not text.strip():
+        raise HarnessError(f"{where} is empty; it needs a header row with the columns {_COLUMNS_TEXT} and one row "
+                           "per prompt")
+
+    delimiter = _delimiter(path, next(line for line in text.splitlines() if line.strip()))
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    if delimiter == "\t":
+        # Quoting off, as for PartiPrompts: quotes inside prompts are kept as they are.
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        # skipinitialspace: `a1, "a cat, a dog"` quotes its prompt as meant (without it the '"' would be text)
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=",", skipinitialspace=True)
+
+    def rows():
+        """(first line, last line, fields) of each non-blank record."""
+        while True:
+            first = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise HarnessError(f"{where} line {reader.line_num}: cannot be read as {kind} ({e}); fix that line"
+                                   ) from None
+            if all(not f.strip() for f in row):
+                continue  # a blank line (or a spreadsheet's empty row ",,")
+            yield first, reader.line_num, row
+
+    records = rows()
+    first_record = next(records, None)
+    if first_record is None:  # only empty fields, such as ",,"
+        raise HarnessError(f"{where} is empty; it needs a header row with the columns {_COLUMNS_TEXT} and one row "
+                           "per prompt")
+    header_first, _, header = first_record
+    columns = [c.strip().lower() for c in header]
+    at = f"{where} line {header_first}"
+    other = "," if delimiter == "\t" else "\t"
+    if len(header) == 1 and other in header[0]:
+        sep, suffix = ("tabs", ".tsv") if other == "\t" else ("commas", ".csv")
+        raise HarnessError(f"{at}: the header {header[0]!r} is separated by {sep}, but the file is read as {kind}; "
+                           f"rename it to end in {suffix}")
+    seen_cols: set[str] = set()
+    for c in columns:
+        if c in seen_cols:
+            raise HarnessError(f"{at}: column {c!r} appears twice in the header; keep one")
+        seen_cols.add(c)
+    unknown = [c for c in columns if c not in _COLUMNS]
+    if unknown:
+        hints = []
+        for c in unknown:
+            close = difflib.get_close_matches(c, _COLUMNS, n=1, cutoff=0.6)
+            hints.append((f"{c!r}" if c else "an unnamed one (an empty header field)")
+                         + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise HarnessError(f"{at}: unknown column(s) {', '.join(hints)}; the header must name only the columns "
+                           f"{_COLUMNS_TEXT}")
+    missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise HarnessError(f"{at}: missing column(s) {', '.join(repr(c) for c in missing)} (the header is "
+                           f"{delimiter.join(header)!r}); the header must name the columns {_COLUMNS_TEXT}, "
+                           "and every id must be unique (ids name the image files)")
+    i_id, i_prompt = columns.index("id"), columns.index("prompt")
+    i_cat = columns.index("category") if "category" in columns else None
+
+    prompts: list[Prompt] = []
+    id_lines: dict[str, tuple[str, int]] = {}  # id, case-folded -> (id, line)
+    for first, last, row in records:
+        at = f"{where} line {first}"
+        if len(row) != len(columns):
+            if any("\n" in f or "\r" in f for f in row):
+                quote = (f"the row runs over lines {first}-{last}: an unbalanced '\"' joins the following lines to "
+                         "it; balance the quotes")
+            elif delimiter == ",":
+                quote = "quote a prompt that holds a comma: \"a cat, a dog\""
+            else:
+                quote = "a prompt may not hold a tab"
+            raise HarnessError(f"{at}: {len(row)} fields, but the header has {len(columns)} columns "
+                               f"({', '.join(columns)}); give every row one value per column ({quote})")
+        pid = row[i_id].strip()
+        text_ = row[i_prompt].strip()
+        category = row[i_cat].strip() if i_cat is not None else ""
+        if not pid:
+            raise HarnessError(f"{at}: empty id; give every prompt a unique id (it names the image files)")
+        if not _SAFE_ID.fullmatch(pid) or len(pid) > MAX_ID_CHARS:
+            why = (f"{len(pid)} characters" if _SAFE_ID.fullmatch(pid) else
+                   "characters other than A-Z a-z 0-9 . _ -")
+            raise HarnessError(f"{at}: id {pid!r} cannot name an image file ({why}); ids become file names "
+                               f"<id>_<sample>.png: use at most {MAX_ID_CHARS} of the characters A-Z a-z 0-9 . _ -")
+        key = pid.casefold()
+        if key in id_lines:
+            prev, prev_line = id_lines[key]
+            same = "" if prev == pid else (f" (as {prev!r}: ids that differ only in case name the same image "
+                                           "file on macOS and Windows)")
+            raise HarnessError(f"{at}: duplicate id {pid!r}, already on line {prev_line}{same}; make every id "
+                               "unique")
+        id_lines[key] = (pid, first)
+        if not text_:
+            raise HarnessError(f"{at}: empty prompt for id {pid!r}; write the prompt or remove the row")
+        if len(text_) > MAX_PROMPT_CHARS:
+            span = f" (it runs from line {first} to line {last})" if last > first else ""
+            raise HarnessError(
+                f"{at}: the prompt for id {pid!r} has {len(text_)} characters{span}, more than the "
+                f"{MAX_PROMPT_CHARS} any text encoder here reads; this is almost always a quoting accident: an "
+                "unbalanced '\"' swallows the following lines into one field. Balance the quotes (write a '\"' "
+                "inside a quoted prompt as '\"\"') or shorten the prompt")
+        if "\n" in text_ or "\r" in text_:
+            raise HarnessError(
+                f"{at}: the prompt for id {pid!r} runs over lines {first}-{last}; this is usually a quoting "
+                "accident (an unbalanced '\"' joins the following lines to it): balance the quotes, or, if the "
+                "line break is meant, replace it with a space")
+        prompts.append(Prompt(pid, text_, category))
+    if not prompts:
+        raise HarnessError(f"{where} has a header but no prompts; add one row per prompt ({_COLUMNS_TEXT})")
+    return prompts
+
+
+def _table_loader(path: Path, name: str) -> Callable[[Path], list[Prompt]]:
+    def load(_data_dir: Path) -> list[Prompt]:  # a custom set's path is its own; data_dir does not apply
+        return load_prompt_table(path, name)
+
+    return load
+
+
+def register_prompt_sets(sets: dict[str, str]) -> None:
+    """Make each custom prompt set (name -> CSV/TSV path) a benchmark; the file is read only when loaded.
+
+    Registering a name again replaces its entry (so validating a config twice is fine). A built-in set's
+    name, or a name that is not lowercase letters, digits, '_' and '-', is a :class:`ConfigError`.
+    """
+    for name, path in sets.items():
+        key = f"config key 'prompt_sets.{name}'"
+        if name in BUILTIN_BENCHMARKS:
+            raise ConfigError(f"{key}: {name!r} is the name of a built-in prompt set "
+                              f"({', '.join(BUILTIN_BENCHMARKS)}); pick another name for the custom set and list that "
+                              "under benchmarks")
+        if not isinstance(name, str) or not _SET_NAME.fullmatch(name):
+            raise ConfigError(f"{key}: {name!r} is not a valid name; use lowercase letters, digits, '_' and '-', "
+                              "starting with a letter or digit")
+        if not isinstance(path, (str, Path)) or not str(path).strip():
+            raise ConfigError(f"{key}: expected the path of a CSV or TSV file, got {path!r}")
+        BENCHMARKS[name] = Benchmark(name, name, _table_loader(Path(path), name), ("category",), None, ())
