@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -106,6 +107,43 @@ def save_png(image: Image.Image, path: str | Path) -> str:
     data = png_bytes(image)
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, what: str, wait_s: float = 60.0):
+    """Hold an exclusive lock on ``path`` (fcntl; released by the kernel when the holder dies).
+
+    Waits up to ``wait_s`` for another holder (an orphan of a killed run finishing its batch), then
+    fails naming the holder's pid.
+    """
+    import fcntl
+    import time
+
+    from harness.errors import HarnessError
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    f.seek(0)
+                    holder = f.read().strip() or "?"
+                    raise HarnessError(f"{what} is locked by another process ({holder}, lock {path}); wait for it to "
+                                       f"finish or kill it, then rerun") from None
+                time.sleep(0.5)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
 
 
 def sha256_file(path: str | Path) -> str:

@@ -27,24 +27,17 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 import yaml
 
-from harness.config import ROOT
+from harness.config import resolve_path
 from harness.errors import ConfigError, HarnessError
 from harness.io import atomic_write_json, atomic_write_text
-from harness.manifests import images_digest, scores_path
+from harness.manifests import images_digest
 from harness.render import banner
-from harness.scores import load_scores
 
 CHECK_KEYS = {"benchmark", "system", "metric", "min", "max", "tolerance", "rel_tolerance"}
 
 
-def resolve(path: str | Path) -> Path:
-    """A path as given if it exists (or is absolute), else relative to the harness checkout."""
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else ROOT / p
-
-
 def load_thresholds(path: str | Path) -> dict[str, Any]:
-    path = resolve(path)
+    path = resolve_path(path)
     if not path.is_file():
         raise ConfigError(f"config key 'thresholds': {path} does not exist; see config/thresholds.yaml for the format")
     data = yaml.safe_load(path.read_text()) or {}
@@ -65,17 +58,21 @@ def load_thresholds(path: str | Path) -> dict[str, Any]:
 
 
 def current_values(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """'benchmark/system/metric' -> {value, n, images} for every score file the config produces."""
+    """'benchmark/system/metric' -> {value, n, images} for every score file the config produces;
+    each must exist and score exactly the images its manifest lists (a missing one is an error, not
+    a check that quietly matches fewer values)."""
+    from harness.scorers.registry import metric_applies
+    from harness.scores import ScoreReader
     from harness.systems import scored_systems
 
+    reader = ScoreReader(config)
     out = {}
     for bench in config["benchmarks"]:
         for system in scored_systems(config):
             for metric in config["metrics"]:
-                path = scores_path(config["results_dir"], bench, system, metric)
-                if not path.is_file():
+                if not metric_applies(metric, bench):
                     continue
-                value, n = load_scores(path)[0].aggregate()
+                value, n = reader.read(bench, system, metric).aggregate()
                 out[f"{bench}/{system}/{metric}"] = {"value": value, "n": n,
                                                      "images": images_digest(config["results_dir"], bench, system)}
     return out
@@ -170,7 +167,7 @@ def render_junit(results: list[CheckResult]) -> str:
 def run_regression(config: dict[str, Any], out: str | Path, update_golden: bool = False) -> bool:
     """Write the gate's reports (``out`` .md, .json, .junit.xml); True when every check holds."""
     thresholds = load_thresholds(config["thresholds"])
-    golden_path = resolve(thresholds.get("golden", "reports/golden/smoke.json"))
+    golden_path = resolve_path(thresholds.get("golden", "reports/golden/smoke.json"))
     values = current_values(config)
     if not values:
         raise HarnessError(f"no score files under {config['results_dir']}: run the scoring (e.g. `snakemake reports/table1.md`) first")

@@ -48,13 +48,16 @@ class Cell:
     paper: float | None = None
     value: float | None = None  # set metrics (FID/KID): the one number
     note: str = ""  # why the cell is empty
+    n: int | None = None  # prompts (image metrics) or images (set metrics) the value is over
+    short: str = ""  # set by mark_short_cells: the cell is over fewer than others in its column
 
     def fmt(self) -> str:
+        text = self.text + (f" **{self.short}**" if self.short else "")
         if self.paper is None:
-            return self.text
+            return text
         ours = self.estimate.mean if self.estimate else self.value
         diff = f", Δ {ours - self.paper:+.3f}" if ours is not None else ""
-        return f"{self.text} (paper {self.paper:.3f}{diff})"
+        return f"{text} (paper {self.paper:.3f}{diff})"
 
     def latex(self) -> str:
         if self.estimate is not None:
@@ -72,6 +75,20 @@ class Table:
     rows: list[list[Cell | str]]
     records: list[dict] = field(default_factory=list)  # long format, one per metric cell (the CSV)
     notes: list[str] = field(default_factory=list)
+
+
+def mark_short_cells(rows: list[list[Cell | str]]) -> int:
+    """Flag every cell computed over fewer prompts than another cell of its column (nothing may
+    differ silently); returns how many were flagged."""
+    flagged = 0
+    for col in range(max((len(r) for r in rows), default=0)):
+        cells = [r[col] for r in rows if col < len(r) and isinstance(r[col], Cell) and r[col].n is not None]
+        most = max((c.n for c in cells), default=0)
+        for c in cells:
+            if c.n < most:
+                c.short = f"(N={c.n}, fewer than the {most} of other cells in this column)"
+                flagged += 1
+    return flagged
 
 
 CSV_COLUMNS = ["table", "benchmark", "system", "metric", "mean", "ci_low", "ci_high", "n", "paper", "diff_vs_paper", "extra"]

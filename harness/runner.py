@@ -21,9 +21,9 @@ from typing import Any
 from PIL import Image
 
 from harness.errors import HarnessError
-from harness.io import atomic_write_json, atomic_write_jsonl, digest, read_jsonl, save_png, sha256_file
-from harness.manifests import (image_name, open_row_image, ordered, read_manifest, row_key, rows_by_key,
-                               shard_manifest_path, system_dir)
+from harness.io import atomic_write_json, atomic_write_jsonl, digest, exclusive_lock, read_jsonl, save_png, sha256_file
+from harness.manifests import (SEAL, image_name, open_row_image, ordered, read_manifest, repair_command, row_key,
+                               rows_by_key, seal_ok, seal_row, shard_manifest_path, system_dir)
 from harness.prompts import Prompt, load_prompts
 from harness.seeds import sample_seed
 from models.base import System
@@ -91,6 +91,14 @@ def run_generation(
         )
     out_dir = system_dir(results_dir, benchmark, system_name)
     state_path = out_dir / ".state" / f"shard-{shard}-of-{shards}.jsonl"
+    # One writer per shard: a job orphaned by a killed run (or a second run in the same folder) must
+    # not write the same images and state file as this one.
+    with exclusive_lock(state_path.with_suffix(".lock"), f"generation of {benchmark}/{system_name} shard {shard}"):
+        return _generate_shard(config, benchmark, system_name, shard, shards, system, progress, spec, out_dir, state_path)
+
+
+def _generate_shard(config, benchmark, system_name, shard, shards, system, progress, spec, out_dir, state_path):
+    results_dir = Path(config["results_dir"])
 
     upstream_rows: dict[tuple[str, int], dict] = {}
     fingerprint = system.fingerprint()
@@ -113,16 +121,25 @@ def run_generation(
     prompt_text = {p.id: expanded.get(p.id, p.text) for p in prompts}  # the text the model sees
 
     done: dict[tuple[str, int], dict] = {}
-    if state_path.is_file():
+    # Resume from the working manifest, and from the shard's finished manifest where one is left
+    # (``verify --repair`` reruns a finished shard: only its damaged images are made again).
+    finished = shard_manifest_path(results_dir, benchmark, system_name, shard, shards)
+    resumable = [p for p in (finished, state_path) if p.is_file()]
+    if resumable:
         wanted = {it.key for it in items}
-        for row in read_jsonl(state_path):
-            key = row_key(row)
+        candidates = {row_key(r): r for p in resumable for r in read_jsonl(p, drop_damaged=True)}  # state wins
+        for key, row in candidates.items():
             if key not in wanted:
                 continue  # prompt set was limited differently last time
             if row["system_fingerprint"] != fp_digest:
                 continue  # made by another version of the system: regenerate
             if row["prompt"] != prompt_text[row["prompt_id"]]:
                 continue  # the prompt text changed (e.g. another prompt file version): regenerate
+            if SEAL in row and not seal_ok(row):
+                log.warning("row %s/%s of %s was edited after generation; regenerating it", *key, state_path)
+                continue
+            if spec.get("input") and row.get("input_sha256") != upstream_rows.get(key, {}).get("sha256"):
+                continue  # made from another version of its input image: regenerate
             path = out_dir / row["image"]
             if not path.is_file():
                 log.warning("image %s listed in %s is missing; regenerating it", path, state_path)
@@ -130,9 +147,9 @@ def run_generation(
             if sha256_file(path) != row["sha256"]:
                 raise HarnessError(
                     f"image {path} does not match the sha256 in {state_path}; it was changed after generation: "
-                    "delete it to regenerate it"
+                    f"regenerate exactly the damaged images: {repair_command(results_dir)}"
                 )
-            done[key] = row
+            done[key] = seal_row(row)  # rows of an older harness get their seal here
     todo = [it for it in items if it.key not in done]
 
     batch_size = config["batch_size"]
@@ -160,7 +177,7 @@ def run_generation(
         for it, text, image in zip(batch, texts, images):
             rel = f"images/{image_name(it.prompt.id, it.sample)}"
             sha = save_png(image, out_dir / rel)
-            done[it.key] = {
+            done[it.key] = seal_row({
                 "prompt_index": it.index,
                 "prompt_id": it.prompt.id,
                 "sample": it.sample,
@@ -177,7 +194,8 @@ def run_generation(
                 "height": image.height,
                 "wall_time_s": wall / len(batch),
                 "batch_size": len(batch),
-            }
+                **({"input_sha256": upstream_rows[it.key]["sha256"]} if spec.get("input") else {}),
+            })
         # The state file is rewritten after every batch: a kill loses at most this batch.
         atomic_write_jsonl(state_path, ordered(done.values()))
         if bar:

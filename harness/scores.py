@@ -43,17 +43,25 @@ def load_scores(path: Path) -> tuple[ScoreSet, dict]:
 
 
 class ScoreReader:
-    """Reads score files, refusing to mix scorer versions within one (benchmark, metric) column."""
+    """Reads score files for a report: each must score exactly the images its manifest lists, which
+    must be exactly the config's prompts (:mod:`harness.coverage`); scorer versions are not mixed
+    within one (benchmark, metric) column."""
 
     def __init__(self, config: dict[str, Any]):
         self.config = config
         self.digests: dict[tuple[str, str], tuple[str, str]] = {}
+        self.manifests: dict[tuple[str, str], list[dict]] = {}
 
     def read(self, benchmark: str, system: str, metric: str) -> ScoreSet:
+        from harness.coverage import check_scores, checked_manifest
+
         path = scores_path(self.config["results_dir"], benchmark, system, metric)
         if not path.is_file():
             raise HarnessError(f"scores file {path} is missing; run `snakemake {path}` first")
         scores, data = load_scores(path)
+        if (benchmark, system) not in self.manifests:
+            self.manifests[(benchmark, system)] = checked_manifest(self.config, benchmark, system)
+        check_scores(self.config, data, path, self.manifests[(benchmark, system)])
         prev = self.digests.setdefault((benchmark, metric), (data["scorer_digest"], system))
         if prev[0] != data["scorer_digest"]:
             raise HarnessError(

@@ -8,7 +8,8 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.io import append_jsonl, atomic_write_json, digest, read_jsonl
-from harness.manifests import open_row_image, read_manifest, scores_path
+from harness.coverage import checked_manifest
+from harness.manifests import images_digest_of, open_row_image, scores_path
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def run_scoring(config: dict[str, Any], benchmark: str, systems: str | list[str]
     if unknown:
         raise HarnessError(f"system {unknown[0]!r} is not in the config's systems; known: {', '.join(config['systems'])}")
     results_dir = config["results_dir"]
-    manifests = {s: read_manifest(results_dir, benchmark, s) for s in systems}
+    manifests = {s: checked_manifest(config, benchmark, s) for s in systems}  # exactly the config's prompts
     if scorer is None:
         scorer = build_scorer(metric, config["weights"], config["device"], config["dtype"], config["batch_size"])
     fingerprint = scorer.fingerprint()
@@ -110,7 +111,7 @@ def _run_set_metric(config, benchmark, manifests, metric, scorer, fingerprint, f
             "metric": metric, "benchmark": benchmark, "system": system, "kind": "set",
             "system_fingerprint": sorted({r["system_fingerprint"] for r in rows}),
             "scorer_digest": fp_digest, "scorer_fingerprint": fingerprint,
-            "n": len(rows), "n_reference": len(ref_paths), **result,
+            "n": len(rows), "images": images_digest_of(rows), "n_reference": len(ref_paths), **result,
         })
         outs.append(out)
     return outs

@@ -18,7 +18,7 @@ from harness.io import atomic_write_text, records_csv
 from harness.manifests import generation_seconds
 from harness.paper import paper_time_cost, paper_value
 from harness.prompts import BENCHMARKS
-from harness.render import Cell, Table, banner, plot_banner, render_csv, render_latex, render_markdown
+from harness.render import Cell, Table, banner, mark_short_cells, plot_banner, render_csv, render_latex, render_markdown
 from harness.scorers.registry import scorer_class
 from harness.scores import ScoreReader
 from harness.stats import Estimate, bootstrap_mean, paired_bootstrap, per_prompt_means
@@ -92,13 +92,13 @@ def metric_cell(reader: ScoreReader, config: dict[str, Any], table_key: str, ben
         record.update(mean=data["value"], n=data["n"], paper=paper, extra=f"std={data['std']}" if "std" in data else "")
         if paper is not None:
             record["diff_vs_paper"] = data["value"] - paper
-        return Cell(f"{data['value']:.4f}{std} (N={data['n']})", value=data["value"], paper=paper), record
+        return Cell(f"{data['value']:.4f}{std} (N={data['n']})", value=data["value"], paper=paper, n=data["n"]), record
     values = per_prompt_means([r["prompt_id"] for r in scores.rows], [r["score"] for r in scores.rows])
     est = bootstrap_mean(values, seed=config["seed"])
     record.update(mean=est.mean, ci_low=est.lo, ci_high=est.hi, n=est.n, paper=paper)
     if paper is not None:
         record["diff_vs_paper"] = est.mean - paper
-    return Cell(est.fmt(), estimate=est, paper=paper), record
+    return Cell(est.fmt(), estimate=est, paper=paper, n=est.n), record
 
 
 def time_cost_cell(config: dict[str, Any], benchmarks: list[str], system: str) -> tuple[str, str]:
@@ -135,6 +135,7 @@ def paper_table(config: dict[str, Any], table_key: str, title: str, groups: list
                     records.append(record)
                 row.append(cell)
         rows.append(row)
+    short = mark_short_cells(rows)
     notes = [
         CELL_NOTE,
         "Steps of a multi-stage system are per stage (base+relay); stages that only feed another system are not rows.",
@@ -142,6 +143,8 @@ def paper_table(config: dict[str, Any], table_key: str, title: str, groups: list
         "the paper's figure (one A100, batch 4) in brackets. This is not the paper's timing protocol: "
         "`reports/timecost.md` is.",
     ]
+    if short:
+        notes += ["", f"**{short} cells are computed over fewer prompts than other cells of their column** (marked)."]
     if empty:
         notes += ["", "Not computed (–):"] + [f"- {note}" for note in sorted(empty)]
     grids = [(name, n) for name in final_systems(config) if (n := grid_note(config, name))]
@@ -283,6 +286,7 @@ def write_table3(config: dict[str, Any], out: str | Path) -> Path:
             records.append(record)
             row.append(cell)
         rows.append(row)
+    mark_short_cells(rows)
     base = stage_chain(config, points[0][1])[0]
     table = Table(f"Table 3: relay start T_r ({BENCHMARKS[bench].title})",
                   ["T_r", "System", "Steps"] + [scorer_class(m).heading() for m in metrics], rows, records)

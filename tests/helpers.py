@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from PIL import Image
 
 from harness.humaneval.export import build_export
 from harness.io import atomic_write_jsonl, save_png
-from harness.manifests import system_dir
+from harness.manifests import seal_row, system_dir
 from harness.runner import run_generation
 from models.cogview3.unet import unet_config
 from models.registry import build_system
@@ -92,21 +93,59 @@ HUMANEVAL_SYSTEMS = ("cogview3", "sdxl", "stable-cascade", "cogview3-expanded", 
 
 
 def fake_results(cfg, n_prompts: int, systems=HUMANEVAL_SYSTEMS, sizes=None):
-    """Manifests and PNGs as the runner writes them, with random pixels (no model needed)."""
-    rng = np.random.default_rng(0)
+    """Manifests and PNGs as the runner writes them (sealed rows, exactly the config's prompts), with
+    random pixels (no model needed), for a custom prompt set of ``n_prompts`` prompts "prompt i".
 
+    Changes ``cfg`` in place to use that prompt set (a CSV under the results folder), as a user's
+    config naming it under ``prompt_sets`` would; expanded systems read "prompt i expanded".
+    """
+    from harness.expansion import expansions_path
+    from harness.prompts import register_prompt_sets
+
+    rng = np.random.default_rng(0)
+    bench = "fake"
+    csv_path = Path(cfg["results_dir"]) / "fake_prompts.csv"
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    csv_path.write_text("id,prompt,category\n" + "".join(
+        f"p{i:03d},prompt {i},{'Colors' if i % 2 else 'Text'}\n" for i in range(n_prompts)))
+    cfg["prompt_sets"] = {bench: str(csv_path)}
+    register_prompt_sets(cfg["prompt_sets"])
+    cfg.update(benchmarks=[bench], num_prompts=None, samples_per_prompt=1)
+    cfg["humaneval"]["benchmark"] = bench
+    atomic_write_jsonl(expansions_path(cfg["results_dir"], bench), [
+        {"prompt_id": f"p{i:03d}", "prompt": f"prompt {i}", "expanded": f"prompt {i} expanded", "expander": "x",
+         "backend": "offline"} for i in range(n_prompts)])
     for s in systems:
-        d = system_dir(cfg["results_dir"], cfg["humaneval"]["benchmark"], s)
+        d = system_dir(cfg["results_dir"], bench, s)
         rows = []
         size = (sizes or {}).get(s, 32)
         for i in range(n_prompts):
             img = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
             sha = save_png(img, d / "images" / f"p{i:03d}_0.png")
-            rows.append({"prompt_id": f"p{i:03d}", "sample": 0, "image": f"images/p{i:03d}_0.png", "sha256": sha,
-                         "prompt": f"prompt {i} expanded" if s.endswith("-expanded") else f"prompt {i}",
-                         "original_prompt": f"prompt {i}", "category": "Colors" if i % 2 else "Text",
-                         "system": s, "system_fingerprint": "x"})
+            rows.append(seal_row({
+                "prompt_index": i, "prompt_id": f"p{i:03d}", "sample": 0, "image": f"images/p{i:03d}_0.png",
+                "sha256": sha, "prompt": f"prompt {i} expanded" if s.endswith("-expanded") else f"prompt {i}",
+                "original_prompt": f"prompt {i}", "category": "Colors" if i % 2 else "Text", "challenge": "",
+                "seed": i, "system": s, "system_fingerprint": "x", "width": size, "height": size, "wall_time_s": 0.5,
+                "batch_size": 1}))
         atomic_write_jsonl(d / "manifest.jsonl", rows)
+
+
+def fake_scores(cfg, systems, metric="aesthetic"):
+    """Score files as scoring writes them for :func:`fake_results` (score = the row's position), with
+    the digest of the scorer the config names (so ``verify`` finds them current)."""
+    from harness.io import atomic_write_json, digest, read_jsonl
+    from harness.manifests import manifest_path, scores_path
+    from harness.scorers.registry import build_scorer
+
+    bench = cfg["humaneval"]["benchmark"]
+    scorer_digest = digest(build_scorer(metric, cfg["weights"], cfg["device"], cfg["dtype"]).fingerprint())
+    for s in systems:
+        rows = read_jsonl(manifest_path(cfg["results_dir"], bench, s))
+        atomic_write_json(scores_path(cfg["results_dir"], bench, s, metric), {
+            "metric": metric, "benchmark": bench, "system": s, "scorer_digest": scorer_digest, "n": len(rows),
+            "rows": [{"prompt_id": r["prompt_id"], "sample": r["sample"], "prompt": r["prompt"], "sha256": r["sha256"],
+                      "score": float(i)} for i, r in enumerate(rows)]})
 
 
 def he_config(tmp_path, **humaneval):

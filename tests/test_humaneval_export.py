@@ -101,8 +101,10 @@ def test_export_config_errors_name_the_key(tmp_path):
     cfg["systems"].pop("lcm-sdxl-expanded", None)
     with pytest.raises(ConfigError, match=r"humaneval.comparisons.0.1.*'lcm-sdxl-expanded'.*expansion.systems"):
         comparison_groups(cfg)
+    cfg = he_config(tmp_path, ratings_per_pair=4)
+    fake_results(cfg, 3)
     with pytest.raises(ConfigError, match=r"humaneval.ratings_per_pair"):
-        export(tmp_path, he_config(tmp_path, ratings_per_pair=4))
+        export(tmp_path, cfg)
 
 
 def test_snakemake_targets_explain_what_is_missing(tmp_path):

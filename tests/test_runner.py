@@ -144,7 +144,7 @@ def test_changed_parameters_regenerate_and_altered_images_are_refused(tmp_path, 
 
     img = base / "images" / "s00_0.png"
     Image.new("RGB", (64, 64), "white").save(img)
-    with pytest.raises(HarnessError, match=r"s00_0.png does not match the sha256 .* delete it to regenerate"):
+    with pytest.raises(HarnessError, match=r"s00_0.png does not match the sha256 .* verify --repair"):
         run_generation(cfg, "smoke", "sdxl", system=sdxl, progress=False)
     img.unlink()
     summary = run_generation(cfg, "smoke", "sdxl", system=sdxl, progress=False)

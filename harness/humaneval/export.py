@@ -30,7 +30,8 @@ from PIL import Image, ImageFilter
 
 from harness.errors import ConfigError, HarnessError
 from harness.io import atomic_write_json, png_bytes
-from harness.manifests import image_path, open_image, read_manifest, rows_by_key
+from harness.coverage import checked_manifest
+from harness.manifests import image_path, open_image, rows_by_key
 
 QUESTIONS = ("alignment", "aesthetics")
 QUESTION_TEXT = {
@@ -133,7 +134,7 @@ def build_export(config: dict[str, Any], out_dir: str | Path, key_path: str | Pa
         raise ConfigError(f"config key 'humaneval.benchmark': {bench!r} is not in benchmarks: {config['benchmarks']}")
     results = Path(config["results_dir"])
     groups = comparison_groups(config)
-    manifests = {s: rows_by_key(read_manifest(results, bench, s)) for s in humaneval_systems(config)}
+    manifests = {s: rows_by_key(checked_manifest(config, bench, s)) for s in humaneval_systems(config)}
 
     # Equal numbers per group, and the same prompts in every group: draw from the keys all share.
     shared = sorted(set.intersection(*(set(manifests[g.system_a]) & set(manifests[g.system_b]) for g in groups)))
