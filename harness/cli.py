@@ -12,6 +12,7 @@
     python -m harness humaneval-import --key reports/humaneval/key.json --out reports/humaneval/results.md [sheets...]
     python -m harness validate --config config/paper.yaml
     python -m harness preflight --config config/paper.yaml
+    python -m harness verify [--repair]                     (every image's sha256, every score file)
     python -m harness preload-server --socket /tmp/harness.sock   (started by the Snakefile for local runs)
 
 The config is read from ``--config`` (YAML; default config/config.yaml) or from the snapshot the
@@ -152,10 +153,17 @@ def cmd_humaneval_import(args) -> None:
 
 def cmd_validate(args) -> int:
     """Schema and the preflight's file checks (no hashing, no plan): "OK" means a run can start."""
+    from harness.config import check_run_inputs
     from harness.preflight import run_preflight
 
     cfg = _config(args)
     report = run_preflight(cfg)
+    if report.ok:
+        check_run_inputs(cfg)
+    if len(report.problems) == 1:  # one problem: its own message is the first line
+        print(f"error: {report.problems[0]}\n(the whole report: python -m harness preflight --config {args.config})",
+              file=sys.stderr)
+        return EXIT_USAGE
     if not report.ok:
         print(f"error: {len(report.problems)} problem(s) in {args.config} (details: python -m harness preflight "
               f"--config {args.config}):", file=sys.stderr)
@@ -176,6 +184,32 @@ def cmd_preflight(args) -> int:
     return EXIT_OK if report.ok else EXIT_USAGE
 
 
+def cmd_verify(args) -> int:
+    """Hash every image, check every manifest and score file; with --repair, fix what is damaged."""
+    from harness import integrity
+
+    cfg = _config(args)
+    result = integrity.check(cfg, rehash=True, scorer_versions=True)
+    if result.findings and args.repair:
+        print(f"found {len(result.findings)} problems in {cfg['results_dir']}; repairing:")
+        print("\n".join(integrity.render_findings(result.findings)))
+        result = integrity.repair(cfg, result)
+        if not result.findings:
+            print(f"repaired; verified {result.summary()}. Now rerun your snakemake command: scoring and the "
+                  "tables of the repaired systems rerun")
+            return EXIT_OK
+    if result.findings:
+        print(f"error: {len(result.findings)} problems in {cfg['results_dir']} (checked {result.summary()}):",
+              file=sys.stderr)
+        print("\n".join(integrity.render_findings(result.findings)), file=sys.stderr)
+        if not args.repair:
+            print("Regenerate exactly the damaged images and move stale score files aside: python -m harness verify "
+                  "--repair (with the same --config / --config-snapshot)", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"results OK: {result.summary()} under {cfg['results_dir']}")
+    return EXIT_OK
+
+
 def cmd_fixtures(args) -> None:
     from harness.fixtures import write_fixtures
 
@@ -191,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     from harness.prompts import BENCHMARKS
     from harness.scorers.registry import SCORERS
 
+    # Not argparse choices: custom prompt sets (config `prompt_sets`) exist only once the config is read.
+    benchmark_help = f"a prompt set: {', '.join(BENCHMARKS)}, or a name under the config's prompt_sets"
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=f"cogview3-harness {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -198,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = lambda *a, **k: _add_parser(*a, parents=[common], **k)  # every command takes the options
 
     g = sub.add_parser("generate", help="generate (or resume) images for one benchmark and system")
-    g.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
+    g.add_argument("--benchmark", required=True, help=benchmark_help)
     g.add_argument("--system", required=True)
     g.add_argument("--shard", type=int, default=0)
     g.add_argument("--shards", type=int, default=1)
@@ -210,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("score", help="score systems' images on one benchmark with one metric")
-    s.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
+    s.add_argument("--benchmark", required=True, help=benchmark_help)
     s.add_argument("--systems", nargs="+", required=True)
     s.add_argument("--metric", required=True, choices=list(SCORERS))
     s.set_defaults(func=cmd_score)
@@ -222,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.set_defaults(func=cmd_table)
 
     e = sub.add_parser("expand", help="expand a benchmark's prompts (cached) for systems with expand: true")
-    e.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
+    e.add_argument("--benchmark", required=True, help=benchmark_help)
     e.set_defaults(func=cmd_expand)
 
     r = sub.add_parser("regression", help="the regression gate: exit 1 when a threshold is breached")
@@ -274,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     pf = sub.add_parser("preflight", help="every missing weights/data file at once, sha256 vs pinned values, and the plan")
     pf.add_argument("--no-hash", action="store_true", help="skip hashing the weight files (first hash of a file is slow)")
     pf.set_defaults(func=cmd_preflight)
+
+    vf = sub.add_parser("verify", help="check every image against its sha256 and every score file against its "
+                        "manifest; --repair regenerates exactly the damaged images")
+    vf.add_argument("--repair", action="store_true", help="move damaged images and stale score files to "
+                    "<results>/.harness/quarantine/ and regenerate the images")
+    vf.set_defaults(func=cmd_verify)
 
     ps = sub.add_parser("preload-server", help="import torch/diffusers/transformers once and fork a child per "
                         "generate/score command (the Snakefile starts it for local runs)")

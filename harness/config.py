@@ -14,6 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "workflows" / "schema" / "config.schema.yaml"
 
 
+def resolve_path(path: str | Path) -> Path:
+    """A path the config names, as given if it exists (or is absolute), else relative to the harness
+    checkout (so the default config/thresholds.yaml is found from any working directory)."""
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else ROOT / p
+
+
 def load_schema() -> dict[str, Any]:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
@@ -67,7 +74,14 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     _check_expansion(config["expansion"])
     config["humaneval"] = apply_defaults(config["humaneval"], schema["properties"]["humaneval"])
 
+    _register_prompt_sets(config)
     _check_benchmarks(config)
+    _check_inputs(config["systems"])
+    _check_sweep(config)
+    if config["dtype"] == "float16" and config["device"] == "cpu":
+        from models.base import HALF_ON_CPU
+
+        raise ConfigError(HALF_ON_CPU)
 
     from harness.ablations import derive_systems
 
@@ -79,9 +93,6 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             # Re-root the key at systems.<name> so the message points into the config file.
             raise ConfigError(str(error).replace("config key '", f"config key 'systems.{name}.", 1).replace("'systems." + name + ".(top level)'", f"'systems.{name}'"))
         system_weight_keys(name, spec, config["weights"])
-        upstream = spec.get("input")
-        if upstream is not None and upstream not in config["systems"]:
-            raise ConfigError(f"config key 'systems.{name}.input': {upstream!r} is not a system in this config")
 
     for i, metric in enumerate(config["metrics"]):
         if metric not in SCORERS:
@@ -91,6 +102,83 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 f"config key 'weights.{metric}': missing; metric {metric!r} needs its checkpoint path or `tiny`"
             )
     return config
+
+
+def _register_prompt_sets(config: dict[str, Any]) -> None:
+    """Custom prompt sets (config ``prompt_sets``: name -> CSV/TSV file) become benchmarks."""
+    from harness.prompts import register_prompt_sets
+
+    register_prompt_sets(config.get("prompt_sets") or {})
+
+
+def _check_inputs(systems: dict[str, dict]) -> None:
+    """Every ``input`` names another system, of a model the reader is built for, and no chain of
+    inputs comes back to where it started (checked before anything follows the chains)."""
+    from models.registry import model_class
+
+    for name, spec in systems.items():
+        upstream = spec.get("input")
+        if upstream is None:
+            continue
+        key = f"config key 'systems.{name}.input'"
+        if upstream == name:
+            raise ConfigError(f"{key}: {name!r} names itself; a relay's input is the base-stage system whose images it "
+                              "reads (e.g. cogview3-base)")
+        if upstream not in systems:
+            raise ConfigError(f"{key}: {upstream!r} is not a system in this config; known: {', '.join(systems)}")
+        chain = [name, upstream]
+        while systems.get(chain[-1], {}).get("input"):
+            nxt = systems[chain[-1]]["input"]
+            if nxt in chain:
+                raise ConfigError(f"{key}: the inputs go round in a circle ({' -> '.join(chain + [nxt])}); the first "
+                                  "stage of a chain must be a system without input")
+            chain.append(nxt)
+        reader = model_class(spec["model"], f"systems.{name}.model")
+        source = systems[upstream].get("model", "")
+        if not reader.INPUT_MODELS:
+            raise ConfigError(f"{key}: model {spec['model']!r} reads no input images; remove the key")
+        if source not in reader.INPUT_MODELS:
+            raise ConfigError(f"{key}: {upstream!r} is a {source!r} system, but a {spec['model']!r} system relays the "
+                              f"latents of a base stage of model {' or '.join(reader.INPUT_MODELS)} (its resolution "
+                              "and latent space); name such a system")
+
+
+def _check_sweep(config: dict[str, Any]) -> None:
+    seen: dict[int, int] = {}
+    for i, t_r in enumerate(config.get("tr_sweep") or []):
+        if t_r in seen:
+            raise ConfigError(f"config key 'tr_sweep.{i}': T_r {t_r} is listed twice (also tr_sweep.{seen[t_r]}); each "
+                              "T_r is one row of Table 3: remove the duplicate")
+        seen[t_r] = i
+
+
+def check_run_inputs(config: dict[str, Any]) -> None:
+    """What a run needs beyond a valid config, checked before any job runs (the Snakefile's main
+    process, ``validate``): the files the config names exist, each prompt set has the prompts
+    ``num_prompts`` asks for, and half precision is not about to run on a CPU."""
+    from harness.prompts import load_prompts
+
+    thresholds = resolve_path(config["thresholds"])
+    if not thresholds.is_file():
+        raise ConfigError(f"config key 'thresholds': {thresholds} does not exist; point it at a thresholds file "
+                          "(format: config/thresholds.yaml) before the run, not after hours of generation")
+    exp = config["expansion"]
+    if exp["enabled"] and exp["backend"] == "transformers" and not Path(exp["model_path"]).is_dir():
+        raise ConfigError(f"config key 'expansion.model_path': {exp['model_path']} is not a folder; give a local "
+                          "transformers causal LM folder")
+    for name in config["benchmarks"]:
+        prompts = load_prompts(name, config["data_dir"])
+        if config["num_prompts"] is not None and config["num_prompts"] > len(prompts):
+            raise ConfigError(f"config key 'num_prompts': {config['num_prompts']}, but prompt set {name!r} has only "
+                              f"{len(prompts)} prompts; lower it to {len(prompts)} or less, or set it to null for every "
+                              "prompt (a larger value would be quietly cut to the set's size)")
+    if config["dtype"] == "float16" and config["device"] == "auto":
+        import torch
+
+        if not torch.cuda.is_available():
+            from models.base import HALF_ON_CPU
+
+            raise ConfigError(HALF_ON_CPU)
 
 
 def _check_benchmarks(config: dict[str, Any]) -> None:
@@ -121,7 +209,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ConfigError(f"config file {path}{where} is not valid YAML ({problem}); fix that line") from err
     if overrides:
         config.update(overrides)
     return validate_config(config)

@@ -112,7 +112,7 @@ def check_data(config: dict[str, Any]) -> tuple[list[str], list[str]]:
         try:
             prompts = load_prompts(name, config["data_dir"], config["num_prompts"])
         except HarnessError as err:
-            problems.append(f"benchmark {name}: {err}")
+            problems.append(str(err))  # the loader's message names the prompt set
             continue
         line = f"{name}: {len(prompts)} prompts"
         if benchmark(name).has_references and set_metrics:

@@ -87,14 +87,22 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HarnessError(f"config device: {device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+        raise HarnessError(f"config key 'device': {device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
     return dev
+
+
+#: the one message for half precision on a CPU (config validation and the jobs both raise it)
+HALF_ON_CPU = ("config key 'dtype': float16 on a CPU (device resolves to cpu): half-precision kernels are missing or "
+               "inexact there and diffusers refuses such pipelines; use dtype float32 (or bfloat16, or auto), or run "
+               "on a CUDA device")
 
 
 def resolve_dtype(dtype: str, device: torch.device, gpu_default: torch.dtype = torch.float16) -> torch.dtype:
     """``auto`` means fp32 on the CPU (half precision is slow and inexact there) and the model's GPU default."""
     if dtype == "auto":
         return gpu_default if device.type == "cuda" else torch.float32
+    if dtype == "float16" and device.type == "cpu":
+        raise HarnessError(HALF_ON_CPU)
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
 
 
@@ -124,6 +132,9 @@ class System(ABC):
     #: an intermediate stage (e.g. CogView3's 512 px base): its images feed another system and it
     #: is not a row of the paper's tables
     IS_STAGE: ClassVar[bool] = False
+    #: models whose images this one can take as its ``input`` (an image-to-image stage names the base
+    #: stages whose resolution and latent space it was built for); empty: it reads no images
+    INPUT_MODELS: ClassVar[tuple[str, ...]] = ()
     #: parameters whose value names another entry under ``weights:`` (text encoder, VAE, ...)
     WEIGHT_PARAMS: ClassVar[tuple[str, ...]] = ()
     #: how many tokens the text encoder reads; longer prompts are truncated (counted in reports)

@@ -82,11 +82,20 @@ def _weights_in(folder: Path, stem: str, variants=VARIANTS) -> tuple[list[Path],
     return None
 
 
+def not_a_folder(folder: Path, what: str) -> str:
+    """Why ``folder`` is not the folder ``what`` needs: a file given where a folder is expected is
+    named as such (usually the path of one file inside the folder was given)."""
+    if folder.is_file():
+        return (f"{what}: {folder} is a file, but a folder is expected here: give the folder that holds it "
+                f"({folder.parent}), not one of its files")
+    return f"{what}: folder {folder} does not exist"
+
+
 def model_folder(key: str, folder: Path, stem: str, what: str, hint: str = "") -> WeightFiles:
     """A diffusers (``stem`` = diffusion_pytorch_model) or transformers (``model``) model folder."""
     out = WeightFiles(key, folder, hint=hint)
     if not folder.is_dir():
-        out.missing.append(f"{what}: folder {folder} does not exist")
+        out.missing.append(not_a_folder(folder, what))
         return out
     config = folder / "config.json"
     if config.is_file():
@@ -112,7 +121,7 @@ TOKENIZER_VOCABS = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("spiece.
 def tokenizer_folder(key: str, folder: Path, what: str, hint: str = "") -> WeightFiles:
     out = WeightFiles(key, folder, hint=hint)
     if not folder.is_dir():
-        out.missing.append(f"{what}: folder {folder} does not exist")
+        out.missing.append(not_a_folder(folder, what))
         return out
     out.files = [folder / f for f in TOKENIZER_FILES if (folder / f).is_file()]
     if not any(all((folder / f).is_file() for f in vocab) for vocab in TOKENIZER_VOCABS):
@@ -205,7 +214,8 @@ def single_file(key: str, path: Path, what: str, hint: str = "") -> WeightFiles:
     if path.is_file():
         out.files.append(path)
     elif path.is_dir():
-        out.missing.append(f"{path} is a folder, expected the file {what}")
+        out.missing.append(f"{path} is a folder, but the file {what} is expected here: give the path of the file "
+                           "inside it")
     else:
         out.missing.append(f"{what} {path} does not exist")
     return out

@@ -69,6 +69,11 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
             if missing:
                 raise SheetError(f"{path}: missing column(s) {', '.join(missing)}; expected the columns of the exported sheet "
                                  f"({', '.join(SHEET_COLUMNS)})")
+            unknown = [c for c in reader.fieldnames or [] if c not in SHEET_COLUMNS]
+            if unknown:  # an answer typed into a column the import would not read must not vanish
+                raise SheetError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))}; the sheet must keep exactly "
+                                 f"the exported columns ({', '.join(SHEET_COLUMNS)}): remove or rename them (answers go "
+                                 "in the alignment and aesthetics columns)")
             return list(reader)
     except UnicodeDecodeError as err:
         raise SheetError(f"{path}: not UTF-8 text ({err}); export the sheet as UTF-8 CSV") from err

@@ -222,6 +222,9 @@ class CogView3RelaySystem(_CogView3):
     """
 
     GUIDANCE_EMBED_DIM = RELAY_GUIDANCE_EMBED_DIM
+    # The relay works in the base stage's latent space (the same VAE) at `scale` x its resolution;
+    # an SDXL or Stable Cascade image would run, but it is not the system the paper measures.
+    INPUT_MODELS = ("cogview3-base",)
     QUICK_PARAMS = {"input": "cogview3-base", "t_r": 500, "steps": 2}
     PARAMS = {
         "t_r": {"default": 500, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}, "doc": "relay start T_r"},
