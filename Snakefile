@@ -11,9 +11,16 @@ import yaml
 from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, workflow.basedir)
-from harness.config import validate_config
-from harness.errors import ConfigError
+from harness.config import check_run_inputs, validate_config
+from harness.errors import ConfigError, HarnessError
 from harness.prompts import BENCHMARKS
+
+# A run killed part-way left Snakemake's locks behind: remove them when no live run holds them.
+if workflow.is_main_process:
+    from harness.resume import claim_run
+
+    for _notice in claim_run(os.getcwd()):
+        print(f"note: {_notice}", file=sys.stderr)
 
 # No `configfile:` directive: Snakemake deep-merges --configfile over it, which would leak the smoke
 # profile's systems into a paper run. The default applies only when no config file was given.
@@ -43,6 +50,13 @@ if config["profile"] != "smoke" and workflow.is_main_process:
         sys.exit(f"error: preflight found {len(_report.problems)} problem(s); nothing was run:\n"
                  + "\n".join(f"  {i}. {p}" for i, p in enumerate(_report.problems, 1))
                  + "\nFull report with the plan: python -m harness preflight --config <your config file>")
+
+# What a run needs beyond a valid config (files it names, prompt-set sizes), before any job runs.
+if workflow.is_main_process:
+    try:
+        check_run_inputs(config)
+    except HarnessError as _err:
+        sys.exit(f"error: {_err}")
 
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]
@@ -107,6 +121,9 @@ rule all:
 
 # Light jobs run in the main process even on a cluster (merge_manifest says so itself: it exists
 # only with shards > 1).
+# The reports the start-of-run check may remove when results they were built from are gone.
+REPORT_RULES = ("table1", "table2", "table3", "ablation_expansion", "regression")
+
 localrules:
     expand_prompts,
     table1,
@@ -122,3 +139,19 @@ include: "workflows/generate.smk"
 include: "workflows/score.smk"
 include: "workflows/report.smk"
 include: "workflows/humaneval.smk"
+
+
+# Integrity, before any job runs: every image the reports depend on is where its manifest says with
+# its sha256 (hashing only files changed since they were last verified), every score file scores
+# the images its manifest lists. Damage stops the run with the repair command; reports built from
+# score files that are now missing or stale are removed so that this run rebuilds them.
+if workflow.is_main_process:
+    from harness.integrity import start_of_run
+
+    try:
+        _notices = start_of_run(config, {r: list(getattr(rules, r).output) for r in REPORT_RULES if hasattr(rules, r)},
+                                dry_run=workflow.dryrun)
+    except HarnessError as _err:
+        sys.exit(f"error: {_err}")
+    for _notice in _notices:
+        print(f"note: {_notice}", file=sys.stderr)

@@ -117,11 +117,29 @@ def run_in_server(argv: list[str]) -> int | None:
 # ---- server --------------------------------------------------------------------------------------
 
 
+def _die_with_client(conn: socket.socket) -> None:
+    """End this child when its client (the job's own process) is gone: a killed run must not leave
+    an orphan writing images beside the job that resumes it. The client sends nothing after its
+    request, so the connection reads end-of-file exactly when it exits or is killed."""
+    import threading
+
+    def watch() -> None:
+        try:
+            while conn.recv(1):
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="client-watch", daemon=True).start()
+
+
 def _child(conn: socket.socket, request: dict, fds: list[int]) -> None:
     """In the forked child: become the job's process, run the command, report its status."""
     code = 3
     try:
         _send(conn, {"pid": os.getpid()})
+        _die_with_client(conn)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -186,7 +204,7 @@ def serve(path: str | Path) -> None:
         except ImportError:  # an optional library: its jobs import it themselves
             pass
     print(f"preloaded {len(PRELOAD)} modules; serving {path}", flush=True)
-    server.settimeout(5.0)
+    server.settimeout(1.0)  # how soon it notices that the run that started it is gone
     parent = os.getppid()
     try:
         while path.exists() and os.getppid() == parent:  # the run that started it is gone: stop

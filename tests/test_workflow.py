@@ -84,16 +84,18 @@ def test_shards_add_a_merge_job_per_system(tmp_path):
 
 def test_a_failed_job_prints_its_log(tmp_path):
     """A job's output goes to its log; when it fails, Snakemake names the log and prints it
-    (profiles/default: show-failed-logs)."""
-    config = small_config(tmp_path, benchmarks=["drawbench"], data_dir=str(tmp_path / "no-data"))
-    proc = snakemake(tmp_path, "--cores", "1", "results/drawbench/sdxl/manifest.jsonl", "--configfile", str(config),
+    (profiles/default: show-failed-logs). The smoke profile runs no preflight, so a weights folder
+    that does not exist fails inside the generation job."""
+    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config = small_config(tmp_path, weights={**base["weights"], "sdxl": str(tmp_path / "no-sdxl")})
+    proc = snakemake(tmp_path, "--cores", "1", "results/smoke/sdxl/manifest.jsonl", "--configfile", str(config),
                      check=False)
     out = proc.stdout + proc.stderr
-    log = tmp_path / "results" / "logs" / "generate" / "drawbench" / "sdxl.log"
+    log = tmp_path / "results" / "logs" / "generate" / "smoke" / "sdxl.log"
     assert proc.returncode != 0 and log.is_file(), out
     error = log.read_text().strip().splitlines()[-1]
-    assert error.startswith("error: prompt set 'drawbench'"), error
-    assert "results/logs/generate/drawbench/sdxl.log" in out and error in out, out
+    assert error.startswith("error: ") and "no-sdxl" in error, error
+    assert "results/logs/generate/smoke/sdxl.log" in out and error in out, out
 
 
 def embedded_results(html: str) -> dict[str, dict]:

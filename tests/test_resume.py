@@ -1,0 +1,203 @@
+"""A real Snakemake run, killed with SIGKILL (the whole process group) during generation, during
+scoring and during the table step: the same command, run again with no extra flags, completes with
+the numbers of an uninterrupted run. And damage done after a run (a truncated PNG, a deleted PNG,
+deleted score files) never ends in an old table with exit code 0.
+
+Slow (about 4 minutes on 2 cores): `.ci/run` runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+TARGET = "reports/table1.md"
+#: a small smoke config: one baseline and CogView3's two stages, two scorers, one image per batch
+#: (so the runner's state file grows image by image and a kill lands mid-job)
+CONFIG = {
+    "num_prompts": 4, "batch_size": 1, "metrics": ["aesthetic", "clip_score"], "tr_sweep": [],
+    "expansion": {"enabled": False},
+    "humaneval": {"benchmark": "smoke", "comparisons": [["cogview3", "sdxl"]], "prompts": ["original"]},
+}
+SYSTEMS = ("sdxl", "cogview3-base", "cogview3")
+
+
+def write_config(workdir: Path) -> Path:
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg.update(CONFIG)
+    cfg["systems"] = {k: v for k, v in cfg["systems"].items() if k in SYSTEMS}
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def command(workdir: Path) -> list[str]:
+    """The README's command, pointed at the checkout's Snakefile from another folder."""
+    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2",
+            "--configfile", str(workdir / "config.yaml"), TARGET]
+
+
+def run(workdir: Path, *cmd: str) -> tuple[int, str]:
+    proc = subprocess.run(list(cmd) or command(workdir), cwd=workdir, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def processes_in(workdir: Path) -> list[int]:
+    """Live processes whose working directory is ``workdir`` (jobs, preload children)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if Path(os.readlink(p / "cwd")).resolve() == workdir.resolve():
+                    out.append(int(p.name))
+            except OSError:
+                pass
+    return out
+
+
+def kill_when(workdir: Path, ready, what: str) -> str:
+    """Start the run, SIGKILL its whole process group as soon as ``ready()`` holds."""
+    log = open(workdir / "killed-run.log", "w")
+    proc = subprocess.Popen(command(workdir), cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 600
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before it reached {what}: "
+                        + (workdir / "killed-run.log").read_text()[-3000:])
+        assert time.monotonic() < deadline, f"never reached {what}"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log.close()
+    # Nothing of the killed run may go on writing (preload children die with their clients).
+    deadline = time.monotonic() + 20
+    while processes_in(workdir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not processes_in(workdir), f"processes of the killed run still alive: {processes_in(workdir)}"
+    return (workdir / "killed-run.log").read_text()
+
+
+def results(workdir: Path) -> Path:
+    return workdir / "results" / "smoke"
+
+
+def table_numbers(workdir: Path) -> str:
+    """Table 1's cells (the CSV: means, CIs, N), which must not depend on where a run was killed."""
+    return (workdir / "reports" / "table1.csv").read_text()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("reference")
+    write_config(workdir)
+    code, out = run(workdir)
+    assert code == 0, out[-4000:]
+    return workdir
+
+
+def generating(workdir: Path):
+    """Some system has written images to its state file but not finished its manifest."""
+    def ready() -> bool:
+        for s in SYSTEMS:
+            state = results(workdir) / s / ".state" / "shard-0-of-1.jsonl"
+            if state.is_file() and state.read_text().count("\n") >= 1 and not (results(workdir) / s / "manifest.jsonl").exists():
+                return True
+        return False
+    return ready
+
+
+def scoring(workdir: Path):
+    logs = workdir / "results" / "logs" / "score" / "smoke"
+
+    def ready() -> bool:
+        return logs.is_dir() and any(logs.iterdir()) and not all(
+            (results(workdir) / s / "scores" / f"{m}.json").exists() for s in ("sdxl", "cogview3") for m in CONFIG["metrics"])
+    return ready
+
+
+def table_step(workdir: Path):
+    def ready() -> bool:
+        return (workdir / "results" / "logs" / "table1.log").exists() and not (workdir / TARGET).exists()
+    return ready
+
+
+@pytest.mark.parametrize("stage", [generating, scoring, table_step], ids=["generation", "scoring", "table"])
+def test_a_killed_run_resumes_with_the_same_command(reference, tmp_path, stage):
+    workdir = tmp_path / "run"
+    write_config(workdir)
+    kill_when(workdir, stage(workdir), stage.__name__)
+    assert list((workdir / ".snakemake" / "locks").glob("*.lock")), "the kill should leave Snakemake's locks behind"
+    kept = {p: p.stat().st_mtime_ns for p in results(workdir).glob("*/images/*.png")}
+
+    code, out = run(workdir)
+    assert code == 0, out[-4000:]
+    assert "stale Snakemake lock" in out
+    assert table_numbers(workdir) == table_numbers(reference)
+    # Finished images were resumed, not made again.
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items() if p.exists())
+    code, out = run(workdir, sys.executable, "-m", "harness", "verify", "--config-snapshot", "results/.harness/config.json")
+    assert code == 0, out
+
+
+def copy_of(reference: Path, tmp_path: Path) -> Path:
+    workdir = tmp_path / "copy"
+    shutil.copytree(reference, workdir, symlinks=True)
+    return workdir
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_damaged_image_stops_the_rerun_and_repair_regenerates_exactly_it(reference, tmp_path, damage):
+    workdir = copy_of(reference, tmp_path)
+    image = results(workdir) / "sdxl" / "images" / "s02_0.png"
+    others = {p: p.read_bytes() for p in results(workdir).glob("*/images/*.png") if p != image}
+    original = image.read_bytes()
+    if damage == "truncate":
+        image.write_bytes(original[: len(original) // 2])
+    else:
+        image.unlink()
+
+    code, out = run(workdir)
+    assert code != 0
+    assert "error: the results under results are damaged (1 problems); nothing was run:" in out
+    assert "s02_0.png" in out and "verify --repair" in out
+
+    code, out = run(workdir, sys.executable, "-m", "harness", "verify", "--repair", "--config-snapshot",
+                    "results/.harness/config.json")
+    assert code == 0, out
+    assert image.read_bytes() == original  # regenerated, bit for bit (batch_invariant)
+    assert all(p.read_bytes() == b for p, b in others.items())
+    if damage == "truncate":
+        assert list((workdir / "results" / ".harness" / "quarantine").rglob("s02_0.png")), "the damaged file is kept aside"
+
+    code, out = run(workdir)
+    assert code == 0, out[-4000:]
+    assert table_numbers(workdir) == table_numbers(reference)
+
+
+def test_deleted_score_files_are_rescored_not_ignored(reference, tmp_path):
+    workdir = copy_of(reference, tmp_path)
+    for folder in results(workdir).glob("*/scores"):
+        shutil.rmtree(folder)
+    before = (workdir / TARGET).stat().st_mtime_ns
+
+    code, out = run(workdir)
+    assert code == 0, out[-4000:]
+    assert "Nothing to be done" not in out
+    assert "removed reports/table1.md" in out
+    assert (workdir / TARGET).stat().st_mtime_ns > before
+    assert table_numbers(workdir) == table_numbers(reference)
