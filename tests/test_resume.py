@@ -47,7 +47,7 @@ def write_config(workdir: Path) -> Path:
 def command(workdir: Path) -> list[str]:
     """The README's command, pointed at the checkout's Snakefile from another folder."""
     return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2",
-            "--configfile", str(workdir / "config.yaml"), TARGET]
+            TARGET, "--configfile", str(workdir / "config.yaml")]
 
 
 def run(workdir: Path, *cmd: str) -> tuple[int, str]:
@@ -84,8 +84,9 @@ def kill_when(workdir: Path, ready, what: str) -> str:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     log.close()
-    # Nothing of the killed run may go on writing (preload children die with their clients).
-    deadline = time.monotonic() + 20
+    # Nothing of the killed run may go on writing: preload children die with their clients at once,
+    # the server within its 1 s poll (a job left running would take several seconds more).
+    deadline = time.monotonic() + 3
     while processes_in(workdir) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not processes_in(workdir), f"processes of the killed run still alive: {processes_in(workdir)}"
