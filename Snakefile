@@ -15,12 +15,18 @@ from harness.config import check_run_inputs, validate_config
 from harness.errors import ConfigError, HarnessError
 from harness.prompts import BENCHMARKS
 
-# A run killed part-way left Snakemake's locks behind: remove them when no live run holds them.
-if workflow.is_main_process:
-    from harness.resume import claim_run
+# One executing run per results folder; a run killed part-way left Snakemake's locks (and maybe its
+# jobs) behind: cleaned up when no live run holds the folder (harness/resume.py). Invocations that
+# run no job (-n, --unlock, --lint, --report, ...) claim nothing and change nothing.
+from harness.resume import claim_run, executes
 
-    for _notice in claim_run(os.getcwd()):
-        print(f"note: {_notice}", file=sys.stderr)
+EXECUTES = workflow.is_main_process and executes(sys.argv)
+if EXECUTES:
+    try:
+        for _notice in claim_run(os.getcwd()):
+            print(f"note: {_notice}", file=sys.stderr)
+    except HarnessError as _err:
+        sys.exit(f"error: {_err}")
 
 # No `configfile:` directive: Snakemake deep-merges --configfile over it, which would leak the smoke
 # profile's systems into a paper run. The default applies only when no config file was given.
@@ -54,7 +60,7 @@ if config["profile"] != "smoke" and workflow.is_main_process:
 # What a run needs beyond a valid config (files it names, prompt-set sizes), before any job runs.
 if workflow.is_main_process:
     try:
-        check_run_inputs(config)
+        check_run_inputs(config, local=workflow.local_exec)
     except HarnessError as _err:
         sys.exit(f"error: {_err}")
 
@@ -143,15 +149,12 @@ include: "workflows/humaneval.smk"
 
 # Integrity, before any job runs: every image the reports depend on is where its manifest says with
 # its sha256 (hashing only files changed since they were last verified), every score file scores
-# the images its manifest lists. Damage stops the run with the repair command; reports built from
-# score files that are now missing or stale are removed so that this run rebuilds them.
+# the images its manifest lists. What is damaged or stale is moved to results/.harness/quarantine
+# and the reports built from it removed, so that this run redoes exactly that (harness/integrity.py).
 if workflow.is_main_process:
     from harness.integrity import start_of_run
 
-    try:
-        _notices = start_of_run(config, {r: list(getattr(rules, r).output) for r in REPORT_RULES if hasattr(rules, r)},
-                                dry_run=workflow.dryrun)
-    except HarnessError as _err:
-        sys.exit(f"error: {_err}")
+    _notices = start_of_run(config, {r: list(getattr(rules, r).output) for r in REPORT_RULES if hasattr(rules, r)},
+                            dry_run=not EXECUTES)
     for _notice in _notices:
         print(f"note: {_notice}", file=sys.stderr)

@@ -199,7 +199,8 @@ def cmd_verify(args) -> int:
                   "tables of the repaired systems rerun")
             return EXIT_OK
     if result.findings:
-        print(f"error: {len(result.findings)} problems in {cfg['results_dir']} (checked {result.summary()}):",
+        n = len(result.findings)
+        print(f"error: {n} problem{'s' if n > 1 else ''} in {cfg['results_dir']} (checked {result.summary()}):",
               file=sys.stderr)
         print("\n".join(integrity.render_findings(result.findings)), file=sys.stderr)
         if not args.repair:

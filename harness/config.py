@@ -152,10 +152,11 @@ def _check_sweep(config: dict[str, Any]) -> None:
         seen[t_r] = i
 
 
-def check_run_inputs(config: dict[str, Any]) -> None:
+def check_run_inputs(config: dict[str, Any], local: bool = True) -> None:
     """What a run needs beyond a valid config, checked before any job runs (the Snakefile's main
     process, ``validate``): the files the config names exist, each prompt set has the prompts
-    ``num_prompts`` asks for, and half precision is not about to run on a CPU."""
+    ``num_prompts`` asks for, and half precision is not about to run on a CPU (``local``: jobs run on
+    this machine; a cluster's submit host may have no GPU, and each job checks for itself)."""
     from harness.prompts import load_prompts
 
     thresholds = resolve_path(config["thresholds"])
@@ -172,7 +173,7 @@ def check_run_inputs(config: dict[str, Any]) -> None:
             raise ConfigError(f"config key 'num_prompts': {config['num_prompts']}, but prompt set {name!r} has only "
                               f"{len(prompts)} prompts; lower it to {len(prompts)} or less, or set it to null for every "
                               "prompt (a larger value would be quietly cut to the set's size)")
-    if config["dtype"] == "float16" and config["device"] == "auto":
+    if local and config["dtype"] == "float16" and config["device"] == "auto":
         import torch
 
         if not torch.cuda.is_available():

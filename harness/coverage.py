@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.manifests import images_digest_of, read_manifest, repair_command, row_key, rows_by_key
+from harness.manifests import HashCache, images_digest_of, read_manifest, repair_command, row_key, rows_by_key
 
 #: how many ids a message lists before "and N more"
 SHOWN = 5
@@ -90,11 +90,25 @@ def check_coverage(config: dict[str, Any], benchmark: str, system: str, rows: li
 
 
 def checked_manifest(config: dict[str, Any], benchmark: str, system: str) -> list[dict]:
-    """A manifest's rows (:func:`harness.manifests.read_manifest`), checked to be exactly the config's prompts."""
+    """A manifest's rows (:func:`harness.manifests.read_manifest`), checked to be exactly the config's
+    prompts, with every image's sha256 (through the hash cache)."""
     from harness.manifests import manifest_path
 
+    from harness.manifests import system_dir
+
     rows = read_manifest(config["results_dir"], benchmark, system)
-    check_coverage(config, benchmark, system, rows, manifest_path(config["results_dir"], benchmark, system))
+    path = manifest_path(config["results_dir"], benchmark, system)
+    check_coverage(config, benchmark, system, rows, path)
+    # Every image is what its row says (hashed again only if changed since last verified): a
+    # truncated or overwritten image never gets into a number.
+    folder = system_dir(config["results_dir"], benchmark, system)
+    cache = HashCache(folder)
+    for r in rows:
+        if cache.sha256(folder / r["image"]) != r["sha256"]:
+            raise HarnessError(f"image {folder / r['image']} ({benchmark}/{system}) was changed after generation (its "
+                               f"sha256 differs from its sealed manifest row); regenerate exactly the damaged images: "
+                               f"{repair_command(config['results_dir'])}")
+    cache.save()
     return rows
 
 

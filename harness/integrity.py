@@ -11,16 +11,18 @@
 - every score file scores exactly the images the manifest lists (same sha256s), and (``verify``)
   was made by the scorer version the config names now.
 
-``verify`` hashes every image. The check at the start of every Snakemake run (:func:`start_of_run`)
-hashes only images whose size or modification time differ from the last verified hash (a stat
-cache in ``<results>/.harness/verified.json``), so an unchanged rerun pays a ``stat`` per image.
+An image is hashed again only when its size or modification time differ from its last verified
+hash (:class:`HashCache`, which the runner fills as it writes), so the check at the start of every
+Snakemake run (:func:`start_of_run`) costs a ``stat`` per image; ``verify`` hashes everything.
 
-Damage to generated images or manifests stops a run with one message; ``verify --repair`` moves the
-damaged files to ``<results>/.harness/quarantine/`` and regenerates exactly those images (the
-runner resumes every other image from its state). Stale or missing score files are derived data:
-the start of a run moves stale ones aside and removes the reports built from missing ones, so
-Snakemake (which does not rebuild a missing intermediate file whose consumers look up to date)
-reruns the affected jobs.
+What the start of a run does with what it finds: a damaged image (missing, truncated, overwritten)
+and the manifests that list it are moved to ``<results>/.harness/quarantine/`` (nothing is deleted),
+as is a manifest that is edited, unsealed, not the config's prompts, or whose relay images were made
+from an older input image, and a score file that does not match its manifest. Reports built from
+what was moved, or from a score file that is missing, are removed. Snakemake then reruns exactly
+the affected jobs (it never rebuilds a missing intermediate file whose consumers look up to date,
+so the reports must go), and the runner resumes each from its state file: only the damaged images
+are made again. ``verify --repair`` does the same by hand and regenerates the images at once.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ from typing import Any
 
 from harness.coverage import coverage_problem, score_problem
 from harness.errors import HarnessError
-from harness.io import atomic_write_json, read_jsonl, sha256_file
-from harness.manifests import (SEAL, check_rows, manifest_path, repair_command, row_key, row_label, rows_by_key,
-                               scores_path, seal_ok, system_dir)
+from harness.io import read_jsonl
+from harness.manifests import (SEAL, HashCache, check_rows, manifest_path, row_key, row_label, rows_by_key, scores_path,
+                               seal_ok, system_dir)
 
 #: findings a message lists before "and N more"
 SHOWN = 10
@@ -116,49 +118,10 @@ def checked_units(config: dict[str, Any]) -> list[tuple[str, str]]:
     return sorted(every, key=lambda u: (len(stage_chain(config, u[1])), u))
 
 
-# ---- the stat cache -----------------------------------------------------------------------------
-
-
-class HashCache:
-    """sha256 of image files by path, valid while size and mtime are unchanged."""
-
-    def __init__(self, results_dir: str | Path):
-        self.root = Path(results_dir)
-        self.path = self.root / ".harness" / "verified.json"
-        self.entries: dict[str, list] = {}
-        if self.path.is_file():
-            try:
-                self.entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self.entries = {}  # a damaged cache only costs hashing again
-        self.changed = False
-        self.hashed = 0
-
-    def sha256(self, path: Path, rehash: bool) -> str | None:
-        """The file's sha256, or None when it does not exist."""
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return None
-        rel = str(path.relative_to(self.root))
-        entry = self.entries.get(rel)
-        if not rehash and entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
-            return entry[2]
-        digest = sha256_file(path)
-        self.hashed += 1
-        self.entries[rel] = [st.st_size, st.st_mtime_ns, digest]
-        self.changed = True
-        return digest
-
-    def save(self) -> None:
-        if self.changed:
-            atomic_write_json(self.path, self.entries)
-
-
 # ---- the check ----------------------------------------------------------------------------------
 
 
-def _check_unit(config, benchmark, system, cache: HashCache, rehash: bool, result: CheckResult,
+def _check_unit(config, benchmark, system, rehash: bool, result: CheckResult,
                 upstream_rows: dict[tuple[str, str], dict]) -> list[dict] | None:
     """Check one (benchmark, system); returns its manifest rows when they could be read."""
     from harness.scorers.registry import metric_applies
@@ -200,6 +163,7 @@ def _check_unit(config, benchmark, system, cache: HashCache, rehash: bool, resul
         damaged(problem)
 
     folder = system_dir(results_dir, benchmark, system)
+    cache = HashCache(folder)
     input_rows = upstream_rows.get((benchmark, spec["input"])) if spec.get("input") else None
     for row in rows:
         image = folder / row["image"]
@@ -215,6 +179,8 @@ def _check_unit(config, benchmark, system, cache: HashCache, rehash: bool, resul
             if row.get("input_sha256") != made_from:
                 damaged(f"image {image} ({row_label(row)}) was made from another version of its input image "
                         f"({spec['input']}) than the input manifest lists now")
+    result.hashed += cache.hashed
+    cache.save()
 
     if is_stage(spec):
         return rows
@@ -262,16 +228,13 @@ def check(config: dict[str, Any], rehash: bool = False, scorer_versions: bool = 
     from harness.systems import is_stage
 
     result = CheckResult()
-    cache = HashCache(config["results_dir"])
     units = checked_units(config)  # input stages first
     readers = {s["input"] for s in config["systems"].values() if s.get("input")}
     rows_of: dict[tuple[str, str], dict] = {}  # rows of input stages, for the stages that read them
     for benchmark, system in units:
-        rows = _check_unit(config, benchmark, system, cache, rehash, result, rows_of)
+        rows = _check_unit(config, benchmark, system, rehash, result, rows_of)
         if rows is not None and system in readers:
             rows_of[(benchmark, system)] = rows_by_key(rows)
-    cache.hashed, result.hashed = 0, cache.hashed
-    cache.save()
     if scorer_versions:
         _check_scorer_versions(config, result, [u for u in units if not is_stage(config["systems"][u[1]])])
     return result
@@ -280,7 +243,7 @@ def check(config: dict[str, Any], rehash: bool = False, scorer_versions: bool = 
 def render_findings(findings: list[Finding]) -> list[str]:
     lines = [f"  {i}. {f.message}" for i, f in enumerate(findings[:SHOWN], 1)]
     if len(findings) > SHOWN:
-        lines.append(f"  ... and {len(findings) - SHOWN} more (all of them: python -m harness verify)")
+        lines.append(f"  ... and {len(findings) - SHOWN} more")
     return lines
 
 
@@ -331,36 +294,45 @@ def repair(config: dict[str, Any], result: CheckResult, log=print) -> CheckResul
         for benchmark, system in units:
             log(f"regenerating what is damaged in {benchmark}/{system} ...")
             _regenerate(config, benchmark, system)
-        result = check(config, rehash=True)
+        result = check(config)  # what was not touched keeps its verified hash
     return result
 
 
 # ---- the start of a Snakemake run ---------------------------------------------------------------
 
 
-def start_of_run(config: dict[str, Any], report_outputs: dict[str, list[str]], dry_run: bool = False) -> list[str]:
-    """The check every run starts with; returns notices, raises :class:`HarnessError` on damage.
+def unit_manifests(results_dir: str | Path, benchmark: str, system: str) -> list[Path]:
+    """A system's finished manifest and its shard manifests (of any shard count)."""
+    folder = system_dir(results_dir, benchmark, system)
+    return [manifest_path(results_dir, benchmark, system), *sorted(folder.glob("manifest.shard-*-of-*.jsonl"))]
 
-    ``report_outputs``: report rule -> its output files. A report built from a score file or
-    manifest that is now missing or stale is removed, so that this run rebuilds it.
+
+def start_of_run(config: dict[str, Any], report_outputs: dict[str, list[str]], dry_run: bool = False) -> list[str]:
+    """The check every run starts with: moves damage aside so that this run redoes it; returns notices.
+
+    ``report_outputs``: report rule -> its output files. With ``dry_run`` (an invocation that runs no
+    job) nothing is changed and the notices say what a run would do.
     """
+    results_dir = config["results_dir"]
     result = check(config)
-    if result.damage:
-        raise HarnessError("\n".join(
-            [f"the results under {config['results_dir']} are damaged ({len(result.damage)} problems); nothing was run:"]
-            + render_findings(result.damage)
-            + ["Regenerate exactly the damaged images (they are moved to "
-               f"{config['results_dir']}/.harness/quarantine/ first; scoring and tables follow on your next run):",
-               f"  {repair_command(config['results_dir'])}"]))
+    stamp = time.strftime("%Y%m%dT%H%M%S")
     notices = []
-    stale_units = {(f.benchmark, f.system) for f in result.stale}
-    if result.stale:
-        if dry_run:
-            notices += [f"{f.message}: a real run moves it aside and rescores" for f in result.stale]
-        else:
-            moved = quarantine(config["results_dir"], [f.path for f in result.stale], time.strftime("%Y%m%dT%H%M%S"))
-            notices += [f"{f.message}: moved to {moved} and rescored in this run" for f in result.stale]
-    dirty = result.missing | stale_units
+    damaged_units = list(dict.fromkeys((f.benchmark, f.system) for f in result.damage))
+    for f in result.damage[:SHOWN]:
+        notices.append(f"{f.message}: {'a run would regenerate it' if dry_run else 'regenerated in this run'}")
+    if len(result.damage) > SHOWN:
+        notices.append(f"... and {len(result.damage) - SHOWN} more (all of them: python -m harness verify "
+                       f"--config-snapshot {results_dir}/.harness/config.json)")
+    for f in result.stale:
+        notices.append(f"{f.message}: {'a run would rescore it' if dry_run else 'rescored in this run'}")
+    if not dry_run and (result.damage or result.stale):
+        moved = [p for f in result.damage for p in f.images]
+        moved += [p for u in damaged_units for p in unit_manifests(results_dir, *u)]
+        moved += [f.path for f in result.stale]
+        where = quarantine(results_dir, moved, stamp)
+        notices.append(f"moved {sum(len(f.images) for f in result.damage)} damaged images, the manifests of "
+                       f"{len(damaged_units)} systems and {len(result.stale)} stale score files to {where}")
+    dirty = result.missing | set(damaged_units) | {(f.benchmark, f.system) for f in result.stale}
     for rule, units in report_units(config).items():
         why = sorted(units & dirty)
         present = [p for p in report_outputs.get(rule, []) if os.path.exists(p)]
@@ -368,7 +340,7 @@ def start_of_run(config: dict[str, Any], report_outputs: dict[str, list[str]], d
             continue
         what = ", ".join(f"{b}/{s}" for b, s in why[:3]) + (f" and {len(why) - 3} more" if len(why) > 3 else "")
         if dry_run:
-            notices.append(f"{present[0]} was built from results that are now missing or stale ({what}); a real run "
+            notices.append(f"{present[0]} was built from results that are now missing or stale ({what}); a run "
                            "rebuilds it")
             continue
         for p in present:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -130,7 +131,13 @@ def exclusive_lock(path: str | Path, what: str, wait_s: float = 60.0):
             try:
                 fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except OSError:
+            except OSError as err:
+                if err.errno not in (errno.EACCES, errno.EAGAIN):  # a filesystem without fcntl locks
+                    import logging
+
+                    logging.getLogger(__name__).warning("cannot lock %s (%s); going on without the lock", path,
+                                                        err.strerror)
+                    break
                 if time.monotonic() > deadline:
                     f.seek(0)
                     holder = f.read().strip() or "?"

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterable
 
 from harness.errors import HarnessError
-from harness.io import atomic_write_jsonl, read_jsonl, sha256_file
+from harness.io import atomic_write_json, atomic_write_jsonl, read_jsonl, sha256_file
 
 
 def system_dir(results_dir: str | Path, benchmark: str, system: str) -> Path:
@@ -142,6 +142,52 @@ def image_path(results_dir: str | Path, benchmark: str, system: str, row: dict) 
 def results_root(path: Path) -> Path:
     """The results folder an image path lies in (``<results>/<benchmark>/<system>/images/x.png``)."""
     return path.parent.parent.parent.parent
+
+
+class HashCache:
+    """sha256 of one system's image files, trusted while size and mtime are unchanged.
+
+    One file per (benchmark, system): ``<system dir>/.state/hashes.json``, written by the runner
+    for the images it made or kept (so a check after generation hashes nothing) and by every check.
+    Jobs of different systems never share one; a lost update only costs hashing again.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.path = self.folder / ".state" / "hashes.json"
+        self.entries: dict[str, list] = {}
+        if self.path.is_file():
+            try:
+                self.entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self.entries = {}  # a damaged cache only costs hashing again
+        self.changed = False
+        self.hashed = 0
+
+    def record(self, path: Path, sha256: str) -> None:
+        """Trust ``sha256`` for ``path`` as it is now (the runner just wrote or verified it)."""
+        st = path.stat()
+        self.entries[str(path.relative_to(self.folder))] = [st.st_size, st.st_mtime_ns, sha256]
+        self.changed = True
+
+    def sha256(self, path: Path, rehash: bool = False) -> str | None:
+        """The file's sha256, or None when it does not exist."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        entry = self.entries.get(str(path.relative_to(self.folder)))
+        if not rehash and entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
+            return entry[2]
+        digest = sha256_file(path)
+        self.hashed += 1
+        self.record(path, digest)
+        return digest
+
+    def save(self) -> None:
+        if self.changed:
+            atomic_write_json(self.path, self.entries)
+            self.changed = False
 
 
 def open_image(path: Path, sha256: str):

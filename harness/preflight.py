@@ -64,8 +64,8 @@ def _entry(checks: dict[str, EntryCheck], key: str, value: str, user: str) -> En
 
 
 def _record(check: EntryCheck, found) -> None:
-    if check.problems and not found.root.exists():
-        return  # a second role of an entry whose path is missing: one message is enough
+    if check.problems and not found.root.is_dir():
+        return  # a second role of an entry whose path is missing or a file: one message is enough
     check.root = found.root
     check.files += [f for f in found.files if f not in check.files]
     check.variant = check.variant or found.variant

@@ -60,6 +60,9 @@ class Cell:
         return f"{text} (paper {self.paper:.3f}{diff})"
 
     def latex(self) -> str:
+        return self._latex() + (r"$^\dagger$" if self.short else "")  # dagger: over fewer prompts than its column
+
+    def _latex(self) -> str:
         if self.estimate is not None:
             half = (self.estimate.hi - self.estimate.lo) / 2
             return f"${self.estimate.mean:.3f}_{{\\pm {half:.3f}}}$" if self.estimate.n > 1 else f"{self.estimate.mean:.3f}"

@@ -22,8 +22,8 @@ from PIL import Image
 
 from harness.errors import HarnessError
 from harness.io import atomic_write_json, atomic_write_jsonl, digest, exclusive_lock, read_jsonl, save_png, sha256_file
-from harness.manifests import (SEAL, image_name, open_row_image, ordered, read_manifest, repair_command, row_key,
-                               rows_by_key, seal_ok, seal_row, shard_manifest_path, system_dir)
+from harness.manifests import (SEAL, HashCache, image_name, manifest_path, open_row_image, ordered, read_manifest, repair_command,
+                               row_key, rows_by_key, seal_ok, seal_row, shard_manifest_path, system_dir)
 from harness.prompts import Prompt, load_prompts
 from harness.seeds import sample_seed
 from models.base import System
@@ -138,8 +138,12 @@ def _generate_shard(config, benchmark, system_name, shard, shards, system, progr
             if SEAL in row and not seal_ok(row):
                 log.warning("row %s/%s of %s was edited after generation; regenerating it", *key, state_path)
                 continue
-            if spec.get("input") and row.get("input_sha256") != upstream_rows.get(key, {}).get("sha256"):
-                continue  # made from another version of its input image: regenerate
+            if spec.get("input"):
+                made_from = upstream_rows.get(key, {}).get("sha256")
+                if "input_sha256" not in row:  # a row of an older harness: same input fingerprint, so the same input
+                    row = {**row, "input_sha256": made_from}
+                if row["input_sha256"] != made_from:
+                    continue  # made from another version of its input image: regenerate
             path = out_dir / row["image"]
             if not path.is_file():
                 log.warning("image %s listed in %s is missing; regenerating it", path, state_path)
@@ -153,6 +157,11 @@ def _generate_shard(config, benchmark, system_name, shard, shards, system, progr
     todo = [it for it in items if it.key not in done]
 
     batch_size = config["batch_size"]
+    merged = manifest_path(results_dir, benchmark, system_name)
+    if todo and shards > 1 and merged.is_file():
+        # The merged manifest is about to list images this job rewrites: it is stale from the first
+        # image on (the merge job writes it again), and must not outlive a kill looking finished.
+        merged.unlink()
     if todo:
         system.build()  # load weights before the clock starts: wall times are generation only
     bar = None
@@ -207,6 +216,10 @@ def _generate_shard(config, benchmark, system_name, shard, shards, system, progr
     if len(rows) != len(items):
         raise RuntimeError(f"{len(items)} items expected, {len(rows)} present")
     atomic_write_jsonl(state_path, rows)
+    hashes = HashCache(out_dir)  # what the start-of-run check would hash again, it trusts from here
+    for row in rows:
+        hashes.record(out_dir / row["image"], row["sha256"])
+    hashes.save()
     out = shard_manifest_path(results_dir, benchmark, system_name, shard, shards)
     atomic_write_jsonl(out, rows)
     return GenerationSummary(total=len(items), generated=len(todo), kept=len(items) - len(todo), manifest=out)

@@ -58,6 +58,24 @@ class WeightsSpec:
 
         return [v for v in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", self.value) if v not in os.environ]
 
+    def stat_signature(self) -> str:
+        """A cheap signature of the entry's files (name, size, mtime; no hashing): it changes when a
+        file is replaced at the same path, so a Snakemake params trigger reruns the jobs that read
+        it (their fingerprints then hash the contents, through models.weights' cache)."""
+        if self.is_builtin or self.unset_variables:
+            return self.value
+        root = self.path
+        base = root.parent if root.is_file() else root
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        h = hashlib.sha256()
+        for p in files:
+            rel = p.relative_to(base)
+            if any(part.startswith(".") for part in rel.parts):
+                continue  # .cache, .git: no loader reads them
+            st = p.stat()
+            h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:16]
+
     @property
     def path(self) -> Path:
         if self.is_builtin:

@@ -140,7 +140,8 @@ def pipeline_folder(key: str, folder: Path, components: Iterable[str], hint: str
     """
     out = WeightFiles(key, folder, hint=hint)
     if not folder.is_dir():
-        out.missing.append(f"{folder} {'is a file' if folder.is_file() else 'does not exist'}, expected a diffusers folder")
+        out.missing.append(not_a_folder(folder, "diffusers folder") if folder.is_file()
+                           else f"{folder} does not exist, expected a diffusers folder")
         return out
     if model_index:
         index = folder / "model_index.json"
@@ -228,8 +229,8 @@ def sat_folder(key: str, folder: Path, hint: str = "") -> WeightFiles:
     """An official SAT checkpoint: ``latest`` (the iteration) + ``<iteration>/mp_rank_00_model_states.pt``."""
     out = WeightFiles(key, folder, hint=hint)
     if not folder.is_dir():
-        out.missing.append(f"{folder} {'is a file' if folder.is_file() else 'does not exist'}, expected a SAT "
-                           f"checkpoint folder (latest + <iteration>/{SAT_STATE_FILE})")
+        what = f"SAT checkpoint folder (latest + <iteration>/{SAT_STATE_FILE})"
+        out.missing.append(not_a_folder(folder, what) if folder.is_file() else f"{folder} does not exist, expected a {what}")
         return out
     latest = folder / "latest"
     if not latest.is_file():

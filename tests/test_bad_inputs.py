@@ -12,7 +12,6 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import yaml
@@ -74,6 +73,14 @@ def pinned_copy(tmp, change_bytes):
     folder.mkdir()
     (folder / "drawbench.csv").write_bytes(change_bytes((data / "drawbench.csv").read_bytes()))
     return setting(data_dir=str(folder), benchmarks=["drawbench"], humaneval={**BASE["humaneval"], "benchmark": "drawbench"})
+
+
+def weights_file(tmp):
+    """A paper-profile SDXL entry given as one file of the folder the loader reads."""
+    path = tmp / "sdxl" / "sdxl.safetensors"
+    path.parent.mkdir()
+    path.write_bytes(b"x")
+    return lambda cfg: cfg["weights"].__setitem__("sdxl", str(path))
 
 
 def results(tmp, damage=None, systems=("sdxl", "lcm-sdxl")) -> dict:
@@ -284,7 +291,13 @@ CASES = [
     ("score-file-missing", on_results("regression", no_score, "--out", "/dev/null"), 2,
      r"error: scores file .*fake/lcm-sdxl/scores/aesthetic\.json is missing; run `snakemake .*` first"),
     ("image-truncated", on_results("verify", truncate_image), 2,
-     r"error: 1 problems in .*results \(checked 2 manifests, 8 images \(8 hashed\), 2 score files\):"),
+     r"error: 1 problem in .*results \(checked 2 manifests, 8 images \(8 hashed\), 2 score files\):"),
+    ("image-truncated-table", on_results("table1", truncate_image, "--out", "/dev/null"), 2,
+     r"error: image .*fake/sdxl/images/p002_0\.png \(fake/sdxl\) was changed after generation \(its sha256 differs "
+     r"from its sealed manifest row\); regenerate exactly the damaged images: python -m harness verify --repair"),
+    ("weights-file-not-folder", lambda t: config_file(t, weights_file(t)), 2,
+     r"error: weights\.sdxl \(.*sdxl\.safetensors\): diffusers folder: .*sdxl\.safetensors is a file, but a folder "
+     r"is expected here: give the folder that holds it \(.*/sdxl\), not one of its files"),
     ("image-deleted", on_results("table1", delete_image, "--out", "/dev/null"), 2,
      r"error: image .*fake/sdxl/images/p002_0\.png listed in .*manifest\.jsonl is missing; regenerate exactly the "
      r"missing images: python -m harness verify --repair"),

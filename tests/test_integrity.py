@@ -130,7 +130,8 @@ def test_a_score_file_of_other_images_is_stale_and_its_report_is_rebuilt(cfg, tm
     table.write_text("old table")
     notices = integrity.start_of_run(cfg, {"table1": [str(table)]})
     assert not path.exists() and not table.exists()
-    assert any("moved to" in n for n in notices) and any("removed" in n and "table1.md" in n for n in notices)
+    assert any(n.endswith("rescored in this run") for n in notices) and any("stale score files to" in n for n in notices)
+    assert any("removed" in n and "table1.md" in n for n in notices)
 
 
 def test_a_deleted_score_file_removes_the_reports_built_from_it(cfg, tmp_path):
@@ -140,19 +141,37 @@ def test_a_deleted_score_file_removes_the_reports_built_from_it(cfg, tmp_path):
     assert integrity.start_of_run(cfg, {"table1": [str(table)]}) == []
     assert table.exists()  # nothing missing: nothing removed
     scores_path(cfg["results_dir"], "fake", "lcm-sdxl", "aesthetic").unlink()
-    assert integrity.start_of_run(cfg, {"table1": [str(table)]}, dry_run=True)[0].endswith("a real run rebuilds it")
+    assert integrity.start_of_run(cfg, {"table1": [str(table)]}, dry_run=True)[0].endswith("a run rebuilds it")
     assert table.exists()
     [notice] = integrity.start_of_run(cfg, {"table1": [str(table)]})
     assert "fake/lcm-sdxl" in notice and not table.exists()
 
 
-def test_damage_stops_the_start_of_a_run_with_the_repair_command(cfg):
-    image(cfg).unlink()
-    with pytest.raises(HarnessError) as err:
-        integrity.start_of_run(cfg, {})
-    first, *rest = str(err.value).splitlines()
-    assert first == f"the results under {cfg['results_dir']} are damaged (1 problems); nothing was run:"
-    assert rest[-1].strip().startswith("python -m harness verify --repair --config-snapshot")
+def test_damage_at_the_start_of_a_run_is_moved_aside_and_redone_by_that_run(cfg, tmp_path):
+    table = tmp_path / "reports" / "table1.md"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text("old table")
+    path = image(cfg)
+    path.write_bytes(b"truncated")
+    manifest = manifest_path(cfg["results_dir"], "fake", "sdxl")
+    dry = integrity.start_of_run(cfg, {"table1": [str(table)]}, dry_run=True)
+    assert dry[0].endswith("a run would regenerate it") and path.exists() and manifest.exists() and table.exists()
+
+    notices = integrity.start_of_run(cfg, {"table1": [str(table)]})
+    assert "p002" in notices[0] and notices[0].endswith("regenerated in this run")
+    assert not path.exists() and not manifest.exists() and not table.exists()  # Snakemake reruns generation
+    quarantined = {p.name: p.read_bytes() for p in (tmp_path / "results" / ".harness" / "quarantine").rglob("*")
+                   if p.is_file()}
+    assert quarantined["p002_0.png"] == b"truncated" and "manifest.jsonl" in quarantined  # nothing deleted
+    assert integrity.check(cfg).damage == []
+
+
+def test_tables_refuse_a_truncated_image_even_when_nothing_else_ran(cfg):
+    reader = ScoreReader(cfg)
+    path = image(cfg)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(HarnessError, match=r"p002_0.png \(fake/sdxl\) was changed after generation"):
+        reader.read("fake", "sdxl", "aesthetic")
 
 
 def test_a_relay_image_made_from_an_older_base_image_is_stale(tmp_path):
@@ -204,12 +223,31 @@ def test_a_stale_snakemake_lock_is_removed_only_when_no_run_holds_the_folder(tmp
     try:
         assert holder.stdout.readline().strip() == "held"
         (locks / "0.input.lock").write_text("x")  # the live run's own Snakemake lock
-        assert claim_run(tmp_path) == [] and (locks / "0.input.lock").exists()  # a live run: its lock is real
+        with pytest.raises(HarnessError, match=rf"another run of this workflow is alive in .* \(pid {holder.pid} "):
+            claim_run(tmp_path)
+        assert (locks / "0.input.lock").exists()  # a live run: its lock is real
     finally:
         holder.kill()
         holder.wait()
     [notice] = claim_run(tmp_path)
     assert "removed 1 stale Snakemake lock files" in notice and not (locks / "0.input.lock").exists()
+
+
+@pytest.mark.parametrize("argv,runs", [
+    (["snakemake", "--cores", "all", "reports/table1.md"], True),
+    (["snakemake", "-c", "2", "-p", "reports/table1.md"], True),
+    (["snakemake", "-n", "reports/table1.md"], False),
+    (["snakemake", "-np"], False),
+    (["snakemake", "--dry-run"], False),
+    (["snakemake", "--unlock"], False),
+    (["snakemake", "--lint"], False),
+    (["snakemake", "--cores", "1", "--report", "report.html"], False),
+    (["snakemake", "--list-changes=params"], False),
+])
+def test_only_invocations_that_run_jobs_claim_the_folder(argv, runs):
+    from harness.resume import executes
+
+    assert executes(argv) is runs
 
 
 def test_a_second_writer_of_a_generation_shard_is_refused(tmp_path):

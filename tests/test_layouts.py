@@ -84,7 +84,7 @@ def test_every_missing_file_is_listed_at_once(tmp_path):
                              f"a.pth or b.pth is missing in {tmp_path}"]
     file = touch(tmp_path / "file")
     assert "is a file, expected a folder" in named_files("x", file, ("a",)).missing[0]
-    assert "is a file, expected a SAT checkpoint folder" in sat_folder("x", file).missing[0]
+    assert "is a file, but a folder is expected here: give the folder that holds it" in sat_folder("x", file).missing[0]
 
 
 def test_fingerprint_hashes_only_the_loaded_files_and_each_once(tmp_path, monkeypatch):

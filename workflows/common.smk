@@ -12,7 +12,7 @@ from harness.expansion_report import expansion_benchmarks
 from harness.humaneval.export import EXPORT_KEYS, humaneval_systems
 from harness.preload import SOCKET_ENV
 from harness.scorer_speed import SPEED_METRICS
-from harness.scorers.registry import metric_applies
+from harness.scorers.registry import metric_applies, scorer_class
 from harness.systems import ablation_systems, final_systems, scored_systems
 from harness.tables import (table1_benchmarks, table1_metrics, table2_benchmarks, table2_metrics,
                             table3_benchmark, table3_metrics)
@@ -56,14 +56,29 @@ def table_systems():
 
 def system_params(w):
     """What can change a system's images: its spec, its weights entry, and the run settings."""
-    from models.registry import system_weight_keys
+    from models.registry import model_class, system_weight_keys
 
     spec = config["systems"][w.system]
+    keys = system_weight_keys(w.system, spec)
     return {
         "spec": spec,
-        "weights": {k: config["weights"][k] for k in system_weight_keys(w.system, spec)},
+        "weights": {k: config["weights"][k] for k in keys},
         "run": {k: config[k] for k in ("seed", "num_prompts", "samples_per_prompt", "dtype", "device", "batch_invariant", "data_dir")},
+        "versions": software_versions(model_class(spec["model"]).LIBRARIES, keys),
     }
+
+
+def software_versions(libraries, weight_keys):
+    """What can change a job's output without changing the config: library versions and the weights
+    files replaced at the same path (size and mtime, not hashed). As params, a change reruns the job."""
+    from models.base import WeightsSpec, library_versions
+
+    return {"libraries": library_versions(*libraries),
+            "files": {k: WeightsSpec(k, str(config["weights"][k])).stat_signature() for k in weight_keys}}
+
+
+def scorer_versions(w):
+    return software_versions(scorer_class(w.metric).LIBRARIES, [w.metric])
 
 
 def generation_inputs(w):

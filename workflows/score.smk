@@ -22,6 +22,7 @@ for _group, _systems in (("", final_systems(config)),
         params:
             snapshot=SNAPSHOT,
             weights=lambda w: config["weights"][w.metric],
+            versions=scorer_versions,
             systems=" ".join(_systems),
         threads: 1
         conda:
