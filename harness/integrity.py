@@ -327,7 +327,14 @@ def start_of_run(config: dict[str, Any], report_outputs: dict[str, list[str]], d
         notices.append(f"{f.message}: {'a run would rescore it' if dry_run else 'rescored in this run'}")
     if not dry_run and (result.damage or result.stale):
         moved = [p for f in result.damage for p in f.images]
-        moved += [p for u in damaged_units for p in unit_manifests(results_dir, *u)]
+        for unit in damaged_units:
+            for manifest in unit_manifests(results_dir, *unit):
+                if manifest.is_file():
+                    # The runner resumes from this copy too (it checks every row): a system whose
+                    # working manifest is gone still makes only the damaged images again.
+                    (manifest.parent / ".state").mkdir(exist_ok=True)
+                    shutil.copyfile(manifest, manifest.parent / ".state" / f"recovered-{stamp}-{manifest.name}")
+                    moved.append(manifest)
         moved += [f.path for f in result.stale]
         where = quarantine(results_dir, moved, stamp)
         notices.append(f"moved {sum(len(f.images) for f in result.damage)} damaged images, the manifests of "

@@ -147,20 +147,21 @@ def results_root(path: Path) -> Path:
 class HashCache:
     """sha256 of one system's image files, trusted while size and mtime are unchanged.
 
-    One file per (benchmark, system): ``<system dir>/.state/hashes.json``, written by the runner
-    for the images it made or kept (so a check after generation hashes nothing) and by every check.
-    Jobs of different systems never share one; a lost update only costs hashing again.
+    Files under ``<system dir>/.state/``: ``hashes.shard-<i>-of-<n>.json``, written by each
+    generation job for the images it made or kept (so a check after generation hashes nothing), and
+    ``hashes.json``, written by the checks; a cache reads them all. No two concurrent jobs write
+    the same file; a lost update only costs hashing again.
     """
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, name: str = "hashes.json"):
         self.folder = Path(folder)
-        self.path = self.folder / ".state" / "hashes.json"
+        self.path = self.folder / ".state" / name  # where this cache writes; it reads them all
         self.entries: dict[str, list] = {}
-        if self.path.is_file():
+        for path in sorted(self.folder.glob(".state/hashes*.json")):
             try:
-                self.entries = json.loads(self.path.read_text())
+                self.entries.update(json.loads(path.read_text()))
             except (OSError, ValueError):
-                self.entries = {}  # a damaged cache only costs hashing again
+                pass  # a damaged cache only costs hashing again
         self.changed = False
         self.hashed = 0
 

@@ -69,6 +69,60 @@ def load_input_images(results_dir, benchmark: str, upstream: str) -> tuple[dict[
     return rows_by_key(rows), rows[0]["system_fingerprint"] if rows else ""
 
 
+def resume_sources(out_dir: Path, state_path: Path) -> list[Path]:
+    """Every record of a system's images, whatever shard count made them, best first: this shard's
+    working manifest, the other working manifests (any shard count, and rows saved by the integrity
+    check before it moved a manifest aside), the shard manifests, the final manifest."""
+    return [p for p in (state_path, *sorted(q for q in out_dir.glob(".state/*.jsonl") if q != state_path),
+                        *sorted(out_dir.glob("manifest.shard-*-of-*.jsonl")), out_dir / "manifest.jsonl")
+            if p.is_file()]
+
+
+def _resumable_rows(out_dir: Path, state_path: Path, wanted: set, fp_digest: str, prompt_text: dict[str, str],
+                    upstream_rows: dict | None, results_dir) -> dict[tuple[str, int], dict]:
+    """The rows of images this shard may keep: for each wanted item, the first record (best source
+    first) that this system version made from this prompt (and input image), whose image is intact.
+    So a run moved from 1 to 4 shards (or back), resumed or repaired makes no image twice."""
+    records: dict[tuple[str, int], list[tuple[Path, dict]]] = {}
+    for source in resume_sources(out_dir, state_path):
+        for row in read_jsonl(source, drop_damaged=True):
+            if row_key(row) in wanted:
+                records.setdefault(row_key(row), []).append((source, row))
+    done: dict[tuple[str, int], dict] = {}
+    hashes: dict[Path, str] = {}
+    for key, candidates in records.items():
+        altered = None
+        for source, row in candidates:
+            if row["system_fingerprint"] != fp_digest:
+                continue  # made by another version of the system: regenerate
+            if row["prompt"] != prompt_text[row["prompt_id"]]:
+                continue  # the prompt text changed (e.g. another prompt file version): regenerate
+            if SEAL in row and not seal_ok(row):
+                log.warning("row %s/%s of %s was edited after generation; not trusted", *key, source)
+                continue
+            if upstream_rows is not None:
+                made_from = upstream_rows.get(key, {}).get("sha256")
+                if "input_sha256" not in row:  # a row of an older harness: same input fingerprint, so the same input
+                    row = {**row, "input_sha256": made_from}
+                if row["input_sha256"] != made_from:
+                    continue  # made from another version of its input image: regenerate
+            path = out_dir / row["image"]
+            if not path.is_file():
+                continue  # regenerated below
+            if path not in hashes:
+                hashes[path] = sha256_file(path)
+            if hashes[path] != row["sha256"]:
+                altered = (path, source)
+                continue
+            done[key] = seal_row(row)  # rows of an older harness get their seal here
+            break
+        else:
+            if altered:  # an image no record vouches for: never silently replaced
+                raise HarnessError(f"image {altered[0]} does not match the sha256 in {altered[1]}; it was changed after "
+                                   f"generation: regenerate exactly the damaged images: {repair_command(results_dir)}")
+    return done
+
+
 def run_generation(
     config: dict[str, Any],
     benchmark: str,
@@ -120,40 +174,8 @@ def _generate_shard(config, benchmark, system_name, shard, shards, system, progr
             raise HarnessError(f"expanded prompts for {benchmark} lack prompt {lacking[0]}; rerun the expansion")
     prompt_text = {p.id: expanded.get(p.id, p.text) for p in prompts}  # the text the model sees
 
-    done: dict[tuple[str, int], dict] = {}
-    # Resume from the working manifest, and from the shard's finished manifest where one is left
-    # (``verify --repair`` reruns a finished shard: only its damaged images are made again).
-    finished = shard_manifest_path(results_dir, benchmark, system_name, shard, shards)
-    resumable = [p for p in (finished, state_path) if p.is_file()]
-    if resumable:
-        wanted = {it.key for it in items}
-        candidates = {row_key(r): r for p in resumable for r in read_jsonl(p, drop_damaged=True)}  # state wins
-        for key, row in candidates.items():
-            if key not in wanted:
-                continue  # prompt set was limited differently last time
-            if row["system_fingerprint"] != fp_digest:
-                continue  # made by another version of the system: regenerate
-            if row["prompt"] != prompt_text[row["prompt_id"]]:
-                continue  # the prompt text changed (e.g. another prompt file version): regenerate
-            if SEAL in row and not seal_ok(row):
-                log.warning("row %s/%s of %s was edited after generation; regenerating it", *key, state_path)
-                continue
-            if spec.get("input"):
-                made_from = upstream_rows.get(key, {}).get("sha256")
-                if "input_sha256" not in row:  # a row of an older harness: same input fingerprint, so the same input
-                    row = {**row, "input_sha256": made_from}
-                if row["input_sha256"] != made_from:
-                    continue  # made from another version of its input image: regenerate
-            path = out_dir / row["image"]
-            if not path.is_file():
-                log.warning("image %s listed in %s is missing; regenerating it", path, state_path)
-                continue
-            if sha256_file(path) != row["sha256"]:
-                raise HarnessError(
-                    f"image {path} does not match the sha256 in {state_path}; it was changed after generation: "
-                    f"regenerate exactly the damaged images: {repair_command(results_dir)}"
-                )
-            done[key] = seal_row(row)  # rows of an older harness get their seal here
+    done = _resumable_rows(out_dir, state_path, {it.key for it in items}, fp_digest, prompt_text,
+                           upstream_rows if spec.get("input") else None, results_dir)
     todo = [it for it in items if it.key not in done]
 
     batch_size = config["batch_size"]
@@ -216,7 +238,7 @@ def _generate_shard(config, benchmark, system_name, shard, shards, system, progr
     if len(rows) != len(items):
         raise RuntimeError(f"{len(items)} items expected, {len(rows)} present")
     atomic_write_jsonl(state_path, rows)
-    hashes = HashCache(out_dir)  # what the start-of-run check would hash again, it trusts from here
+    hashes = HashCache(out_dir, f"hashes.shard-{shard}-of-{shards}.json")  # trusted by later checks
     for row in rows:
         hashes.record(out_dir / row["image"], row["sha256"])
     hashes.save()

@@ -163,6 +163,8 @@ def test_damage_at_the_start_of_a_run_is_moved_aside_and_redone_by_that_run(cfg,
     quarantined = {p.name: p.read_bytes() for p in (tmp_path / "results" / ".harness" / "quarantine").rglob("*")
                    if p.is_file()}
     assert quarantined["p002_0.png"] == b"truncated" and "manifest.jsonl" in quarantined  # nothing deleted
+    [recovered] = manifest.parent.glob(".state/recovered-*-manifest.jsonl")  # the runner resumes from it
+    assert len(read_jsonl(recovered)) == 4
     assert integrity.check(cfg).damage == []
 
 
@@ -210,6 +212,23 @@ def test_repair_regenerates_exactly_the_damaged_image(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in others} == others  # the intact images were kept, not remade
     [kept] = list((tmp_path / "results" / ".harness" / "quarantine").rglob("s01_0.png"))
     assert kept.read_bytes() == b"not a png"
+
+
+def test_the_rerun_after_the_start_check_makes_only_the_damaged_image_even_without_a_state_file(tmp_path):
+    from harness.runner import run_generation
+
+    cfg = small_config(tmp_path, SYSTEMS)
+    cfg.update(num_prompts=3)
+    cfg["systems"]["sdxl"]["steps"] = 2
+    generate(cfg, "sdxl")
+    folder = system_dir(cfg["results_dir"], "smoke", "sdxl")
+    (folder / ".state" / "shard-0-of-1.jsonl").unlink()  # results copied without the runner's state
+    (folder / "images" / "s01_0.png").write_bytes(b"truncated")
+    integrity.start_of_run(cfg, {})
+    assert not (folder / "manifest.jsonl").exists()
+    summary = run_generation(cfg, "smoke", "sdxl", progress=False)  # what Snakemake's rerun does
+    assert (summary.generated, summary.kept) == (1, 2)
+    assert integrity.check(cfg).damage == []
 
 
 def test_a_stale_snakemake_lock_is_removed_only_when_no_run_holds_the_folder(tmp_path):

@@ -137,6 +137,40 @@ def test_killed_run_resumes_losing_at_most_the_batch_in_flight(tmp_path, sdxl):
     assert (summary.generated, summary.kept) == (0, 7)
 
 
+def generate_shards(cfg, shards, system):
+    """Every shard of smoke/sdxl with ``shards`` shards, then the merge (as the DAG does); images made."""
+    made = sum(run_generation(cfg, "smoke", "sdxl", shard, shards, system=system, progress=False).generated
+               for shard in range(shards))
+    if shards > 1:
+        merge_manifests([shard_manifest_path(cfg["results_dir"], "smoke", "sdxl", i, shards) for i in range(shards)],
+                        system_dir(cfg["results_dir"], "smoke", "sdxl") / "manifest.jsonl")
+    return made
+
+
+@pytest.mark.parametrize("before,after", [(1, 4), (4, 1), (4, 3)])
+def test_images_are_kept_whatever_the_shard_count_that_made_them(tmp_path, sdxl, before, after):
+    cfg = smoke_config(tmp_path, num_prompts=16, batch_size=4)
+    assert generate_shards(cfg, before, sdxl) == 16
+    made = images_bytes(cfg)
+    never = Crashing(sdxl, after=0)  # any generate() call would raise: nothing may be made again
+    assert generate_shards(cfg, after, never) == 0
+    assert images_bytes(cfg) == made
+    rows = read_jsonl(system_dir(cfg["results_dir"], "smoke", "sdxl") / "manifest.jsonl")
+    assert len(rows) == 16 and {r["sha256"] for r in rows} == {sha256_file(
+        system_dir(cfg["results_dir"], "smoke", "sdxl") / r["image"]) for r in rows}
+
+
+def test_a_run_killed_under_one_shard_count_resumes_under_another(tmp_path, sdxl):
+    cfg = smoke_config(tmp_path, num_prompts=16, batch_size=2)
+    with pytest.raises(Interrupt):
+        run_generation(cfg, "smoke", "sdxl", 0, 1, system=Crashing(sdxl, after=3), progress=False)  # 6 of 16 made
+    counting = Crashing(sdxl, after=-1)
+    assert generate_shards(cfg, 4, counting) == 10
+    reference = smoke_config(tmp_path / "reference", num_prompts=16, batch_size=2)
+    generate_shards(reference, 1, sdxl)
+    assert images_bytes(cfg) == images_bytes(reference)
+
+
 def test_changed_parameters_regenerate_and_altered_images_are_refused(tmp_path, sdxl):
     cfg = smoke_config(tmp_path, num_prompts=2)
     run_generation(cfg, "smoke", "sdxl", system=sdxl, progress=False)
