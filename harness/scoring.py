@@ -96,15 +96,19 @@ def run_scoring(config: dict[str, Any], benchmark: str, systems: str | list[str]
 
 
 def _run_set_metric(config, benchmark, manifests, metric, scorer, fingerprint, fp_digest) -> list[Path]:
-    """FID/KID: each system's image set against the benchmark's reference images."""
+    """FID/KID: each system's image set against the benchmark's reference images (features of both
+    cached on disk by extractor and image bytes)."""
     from harness.prompts import load_prompts, reference_images
 
     results_dir = config["results_dir"]
     ref_paths = reference_images(benchmark, config["data_dir"], load_prompts(benchmark, config["data_dir"], config["num_prompts"]))
-    real = scorer.reference_features(ref_paths, Path(results_dir) / ".cache" / "reference")
+    real = scorer.reference_features(ref_paths, Path(results_dir) / ".cache" / "features")
     outs = []
     for system, rows in manifests.items():
-        fake = scorer.features([open_row_image(results_dir, benchmark, system, r) for r in rows])
+        # Streamed (one batch of decoded images at a time) and cached by image bytes: FID and KID
+        # of one image set share a single feature pass.
+        images = (open_row_image(results_dir, benchmark, system, r) for r in rows)
+        fake = scorer.cached_features(images_digest_of(rows), images, Path(results_dir) / ".cache" / "features")
         result = scorer.compute(fake, real)
         out = scores_path(results_dir, benchmark, system, metric)
         atomic_write_json(out, {

@@ -83,8 +83,8 @@ def test_fid_and_kid_of_a_system_match_torchmetrics_end_to_end(tmp_path, data_di
     row = next(line for line in t2 if line.startswith("| sdxl |")).split(" | ")
     assert row[3] == f"{fid['value']:.4f} (N={n})" and row[4].startswith(f"{kid['value']:.4f} ± ")
 
-    cached = list((tmp_path / "results" / ".cache" / "reference").glob("fid-ref-*.pt"))
-    assert len(cached) == 1  # reference features computed once, keyed by content
+    cached = sorted(p.name.split("-")[2] for p in (tmp_path / "results" / ".cache" / "features").glob("features-*.pt"))
+    assert len(cached) == 2 and cached[1] == "ref"  # one pass over the images and one over the references, for FID and KID
     os.remove(next((tmp_path / "data/coco/val2017").iterdir()))
     with pytest.raises(HarnessError, match="FID reference image .* is missing"):
         run_scoring(cfg, "coco5k", ["sdxl"], "fid")
@@ -120,3 +120,32 @@ def test_real_inception_weights_load_from_a_local_file(tmp_path):
     other = build_scorer("fid", {"fid": str(tmp_path / "elsewhere")}, "cpu", batch_size=2)
     assert torch.equal(other.features(imgs), feats)
     assert list(other.fingerprint()["checkpoints"]) == [PYTORCH_FID_FILE]
+
+
+def test_features_stream_one_batch_at_a_time_and_equal_the_whole_set_at_once():
+    scorer = build_scorer("fid", {"fid": "tiny"}, "cpu", batch_size=4)
+    imgs = [Image.fromarray(np.random.RandomState(i).randint(0, 256, (40, 48, 3), dtype=np.uint8)) for i in range(10)]
+    yielded, seen_at_extract = [], []
+    scorer.build()
+    extract = scorer._extract
+    scorer._extract = lambda batch: (seen_at_extract.append(len(yielded)), extract(batch))[1]
+
+    def lazily():
+        for im in imgs:
+            yielded.append(im)
+            yield im
+
+    streamed = scorer.features(lazily())
+    assert seen_at_extract == [4, 8, 10]  # at most one batch decoded ahead of the extractor
+    scorer._extract = extract
+    assert torch.equal(streamed, scorer.features(imgs))
+
+
+def test_fid_and_kid_of_one_image_set_share_one_feature_pass(tmp_path):
+    imgs = [Image.fromarray(np.random.RandomState(i).randint(0, 256, (40, 48, 3), dtype=np.uint8)) for i in range(6)]
+    fid, kid = (build_scorer(m, {m: "tiny"}, "cpu", batch_size=4).build() for m in ("fid", "kid"))
+    assert fid.extractor_digest() == kid.extractor_digest() and fid.fingerprint() != kid.fingerprint()
+    first = fid.cached_features("set-a", iter(imgs), tmp_path)
+    kid._extract = lambda batch: pytest.fail("KID ran a second feature pass")
+    assert torch.equal(kid.cached_features("set-a", iter(imgs), tmp_path), first)
+    assert [p.name for p in tmp_path.iterdir()] == [f"features-{fid.extractor_digest()}-set-a.pt"]

@@ -16,8 +16,9 @@ each caption with its val2017 image).
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -95,13 +96,44 @@ class _SetScorer(Scorer):
         self.extractor = self.extractor.eval().to(self.device)
 
     @torch.inference_mode()
-    def features(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    def features(self, images: Iterable[Image.Image]) -> torch.Tensor:
+        """Inception features of an image set, read ``batch_size`` images at a time: pass a generator
+        and at most one batch of decoded images is in memory, whatever the set's size."""
         self.build()
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            x = torch.stack([fid_preprocess(im) for im in images[i : i + self.batch_size]]).to(self.device)
-            out.append(self.extractor(x).reshape(x.shape[0], -1).float().cpu())
+        out, batch = [], []
+        for image in images:
+            batch.append(fid_preprocess(image))
+            if len(batch) == self.batch_size:
+                out.append(self._extract(batch))
+                batch = []
+        if batch:
+            out.append(self._extract(batch))
         return torch.cat(out)
+
+    def _extract(self, batch: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.stack(batch).to(self.device)
+        return self.extractor(x).reshape(x.shape[0], -1).float().cpu()
+
+    def extractor_digest(self) -> str:
+        """What the features depend on (checkpoint, preprocessing, libraries), not which metric reads
+        them: FID and KID share one feature pass through the caches keyed by it."""
+        from harness.io import digest
+
+        fp = self.fingerprint()
+        return digest({k: v for k, v in fp.items() if k != "metric"})
+
+    def cached_features(self, key: str, images: Iterable[Image.Image], cache_dir: Path) -> torch.Tensor:
+        """:meth:`features`, cached under ``cache_dir`` by extractor and ``key`` (a digest of the image
+        bytes): the second set metric on the same images reads them instead of a second pass."""
+        cache = Path(cache_dir) / f"features-{self.extractor_digest()}-{key}.pt"
+        if cache.is_file():
+            return torch.load(cache, weights_only=True)
+        feats = self.features(images)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(feats, tmp)
+        tmp.replace(cache)
+        return feats
 
     def _score_batch(self, images, prompts):
         raise TypeError(f"{self.name} is a set metric: use compute(), not per-image scores")
@@ -117,9 +149,7 @@ class _SetScorer(Scorer):
 
     def reference_features(self, paths: list[Path], cache_dir: Path) -> torch.Tensor:
         """Features of the reference images, cached under ``cache_dir`` by their content."""
-        from harness.io import digest
-
-        h = hashlib.sha256(digest(self.fingerprint()).encode())
+        h = hashlib.sha256()
         for p in paths:
             if not p.is_file():
                 raise HarnessError(
@@ -127,19 +157,13 @@ class _SetScorer(Scorer):
                     "(http://images.cocodataset.org/zips/val2017.zip)"
                 )
             h.update(f"{p.name}={file_sha256(p)}\n".encode())
-        cache = Path(cache_dir) / f"{self.name}-ref-{h.hexdigest()[:20]}.pt"
-        if cache.is_file():
-            return torch.load(cache, weights_only=True)
-        images = []
-        for p in paths:
-            with Image.open(p) as im:
-                images.append(im.convert("RGB"))
-        feats = self.features(images)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save(feats, tmp)
-        tmp.replace(cache)
-        return feats
+
+        def opened():
+            for p in paths:
+                with Image.open(p) as im:
+                    yield im.convert("RGB")
+
+        return self.cached_features(f"ref-{h.hexdigest()[:20]}", opened(), cache_dir)
 
 
 class FIDScorer(_SetScorer):
