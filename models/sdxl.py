@@ -212,6 +212,14 @@ class SDXLSystem(System):
         cfg = 2 if params["guidance"] > 1 and not cls.GUIDANCE_EMBEDDED else 1  # diffusers runs CFG when scale > 1
         return [(params["steps"] * cfg, params["resolution"])]
 
+    @classmethod
+    def denoiser_stages(cls, params, input_resolution=None):
+        """Per stage of :meth:`unet_calls`: (full-size network, latent (C, H, W) of one evaluation at
+        batch 1, network forwards per evaluation); :mod:`harness.flops` counts their FLOPs. The VAE
+        downsamples 8x (the pipeline's ``vae_scale_factor``, 2 ** (4 levels - 1))."""
+        side = params["resolution"] // 8
+        return [("lcm-sdxl-unet" if cls.GUIDANCE_EMBEDDED else "sdxl-unet", (4, side, side), 1)]
+
 
 class LCMSDXLSystem(SDXLSystem):
     """LCM-SDXL (latent-consistency/lcm-sdxl): the distilled SDXL UNet with an LCM scheduler.

@@ -210,6 +210,20 @@ class StableCascadeSystem(System):
         return [(params["prior_steps"] * cfg(params["prior_guidance"]), params["resolution"]),
                 (params["decoder_steps"] * cfg(params["decoder_guidance"]), params["resolution"])]
 
+    @classmethod
+    def denoiser_stages(cls, params, input_resolution=None):
+        """Per stage of :meth:`unet_calls`: (full-size network, latent (C, H, W) of one evaluation at
+        batch 1, network forwards per evaluation). Latent sides as diffusers 0.42 computes them:
+        ``StableCascadePriorPipeline.prepare_latents`` ceil(px / resolution_multiple 42.67) for stage C,
+        ``StableCascadeDecoderPipeline.prepare_latents`` int(that * latent_dim_scale 10.67) for stage B
+        (1024 px: 16x24x24 and 4x256x256)."""
+        import math
+
+        prior = math.ceil(params["resolution"] / 42.67)
+        decoder = int(prior * 10.67)
+        return [("stable-cascade-prior", (PRIOR_CONFIG["in_channels"], prior, prior), 1),
+                ("stable-cascade-decoder", (DECODER_CONFIG["in_channels"], decoder, decoder), 1)]
+
 
 @torch.inference_mode()
 def stable_cascade_call(prior, decoder, prompts, gens, params) -> list[Image.Image]:

@@ -26,6 +26,34 @@ def test_report_has_ratios_from_the_same_run_and_says_it_is_not_comparable(tmp_p
     assert set(rows) == {"sdxl", "cogview3-distill-4+1"}  # the base stage is part of the relay row
     assert rows["sdxl"][4] == "1.000" and rows["sdxl"][5] == "19.67 s"
     assert rows["cogview3-distill-4+1"][1] == "4+1" and rows["cogview3-distill-4+1"][6] == "0.075"
+    # The full-size denoisers' FLOPs at this config's settings; no floor or MFU for CPU timings.
+    assert float(rows["sdxl"][8]) > 0 and rows["sdxl"][9] == "1.000"
+    from harness.flops import unet_flops_per_image
+
+    flops = {s: unet_flops_per_image(cfg, s) for s in ("sdxl", "cogview3-distill-4+1")}  # 3 SDXL steps here
+    assert rows["cogview3-distill-4+1"][9] == f"{flops['cogview3-distill-4+1'] / flops['sdxl']:.3f}"
+    assert [rows["sdxl"][10], rows["sdxl"][11], rows["sdxl"][12]] == ["n/a", "n/a", "– |"]
+    assert "Floor and MFU: n/a (cpu, tiny models: timings not comparable)." in out.read_text()
+
+
+def test_report_on_a_known_gpu_has_the_floor_and_mfu(monkeypatch):
+    from harness.config import load_config
+    from harness.flops import unet_flops_per_image
+    from harness.timecost import render
+    from tests.conftest import ROOT
+
+    cfg = load_config(ROOT / "config" / "timecost.yaml")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    flops = {s: unet_flops_per_image(cfg, s) for s in ("sdxl", "cogview3")}
+    floor = {s: f * 4 / 312e12 for s, f in flops.items()}  # about 8.67 s for SDXL
+    timed = [{"system": s, "steps": "50", "mean_s": 2 * floor[s], "min_s": 2 * floor[s], "peak": "1 GiB"} for s in flops]
+    text = render(cfg, timed, torch.device("cuda"), ["bfloat16", "float16"], 4, 3)
+    rows = {l.split(" | ")[0][2:]: l.split(" | ") for l in text.splitlines()
+            if l.startswith("| ") and not l.startswith("| System")}
+    assert "UNet floor at 312 TFLOP/s (s / batch)" in text
+    assert rows["sdxl"][10] == f"{floor['sdxl']:.3f}" and rows["sdxl"][11] == "50.0%"
+    assert rows["cogview3"][9] == f"{flops['cogview3'] / flops['sdxl']:.3f}" and rows["cogview3"][11] == "50.0%"
+    assert rows["sdxl"][12] == f"{floor['sdxl'] / 19.67:.1%} |"  # the paper's A100 time against the same floor
 
 
 @pytest.mark.slow

@@ -135,6 +135,11 @@ class _CogView3(System):
         # The SDXL VAE overflows in fp16 (docs/reference.md §2.3): encode and decode in fp32.
         self.vae = move(self.vae, self.device, torch.float32).eval()
 
+    @classmethod
+    def denoiser_network(cls, params: dict[str, Any]) -> str:
+        """The full-size UNet this stage runs, as :mod:`harness.flops` names it (distilled: + w_proj)."""
+        return f"cogview3-unet-w{cls.GUIDANCE_EMBED_DIM}" if params["distilled"] else "cogview3-unet"
+
     def denoiser(self, prompts: Sequence[str], size: int, crop=(0, 0), target: int | None = None, context=None):
         """D(x, t) for these prompts; size conditioning (size, size), ``crop``, (target, target) in pixels."""
         context = self.text_encoder(prompts) if context is None else context
@@ -207,6 +212,13 @@ class CogView3BaseSystem(_CogView3):
     def unet_calls(cls, params, input_resolution=None):
         return [(params["steps"] * (1 if params["distilled"] else 2), params["resolution"])]
 
+    @classmethod
+    def denoiser_stages(cls, params, input_resolution=None):
+        """Per stage of :meth:`unet_calls`: (full-size network, latent (C, H, W) of one evaluation at
+        batch 1, network forwards per evaluation)."""
+        side = params["resolution"] // VAE_FACTOR
+        return [(cls.denoiser_network(params), (4, side, side), 1)]
+
     def _generate(self, prompts, seeds, inputs=None) -> list[Image.Image]:
         size = self.params["resolution"]
         noise = randn((4, size // VAE_FACTOR, size // VAE_FACTOR), generators(seeds)).to(self.device)
@@ -254,6 +266,19 @@ class CogView3RelaySystem(_CogView3):
     def unet_calls(cls, params, input_resolution=None):
         steps = len(relay_timesteps(params["t_r"], params["steps"]))
         return [(steps * (1 if params["distilled"] else 2), (input_resolution or 512) * params["scale"])]
+
+    @classmethod
+    def denoiser_stages(cls, params, input_resolution=None):
+        """Per stage of :meth:`unet_calls`: (full-size network, latent (C, H, W) of one evaluation at
+        batch 1, network forwards per evaluation: the tiles of a tiled relay, as ``TiledDenoiser``)."""
+        from models.cogview3.tiling import tile_starts
+
+        side = (input_resolution or 512) * params["scale"] // VAE_FACTOR
+        tile = params["tile_size"]
+        if not tile or tile >= side:
+            return [(cls.denoiser_network(params), (4, side, side), 1)]
+        tiles = len(tile_starts(side, tile, params["tile_overlap"])) ** 2
+        return [(cls.denoiser_network(params), (4, tile, tile), tiles)]
 
     @torch.inference_mode()
     def encode_lr(self, images: Sequence[Image.Image], gens) -> torch.Tensor:
