@@ -64,17 +64,20 @@ def _process_group(pid: int) -> int | None:
         return None
 
 
-def _leftovers(pgid: int, workdir: Path) -> list[int]:
-    """Live processes of process group ``pgid`` working in ``workdir`` (a recycled group id of an
-    unrelated program works elsewhere and is left alone)."""
+def processes_in(workdir: str | Path, pgid: int | None = None) -> list[int]:
+    """Live processes (not this one) working in ``workdir``, only those of process group ``pgid`` if
+    given (a recycled group id of an unrelated program works elsewhere and is left alone)."""
     out = []
     for p in Path("/proc").iterdir():
-        if p.name.isdigit() and int(p.name) != os.getpid() and _process_group(int(p.name)) == pgid:
-            try:
-                if Path(os.readlink(p / "cwd")).resolve() == workdir.resolve():
-                    out.append(int(p.name))
-            except OSError:
-                pass
+        if not p.name.isdigit() or int(p.name) == os.getpid():
+            continue
+        if pgid is not None and _process_group(int(p.name)) != pgid:
+            continue
+        try:
+            if Path(os.readlink(p / "cwd")).resolve() == Path(workdir).resolve():
+                out.append(int(p.name))
+        except OSError:
+            pass
     return out
 
 
@@ -106,7 +109,7 @@ def claim_run(workdir: str | Path = ".") -> list[str]:
     if len(previous) >= 6 and previous[5] == socket.gethostname() and previous[3].isdigit():
         pgid = int(previous[3])
         if pgid != os.getpgid(0):
-            left = _leftovers(pgid, workdir)
+            left = processes_in(workdir, pgid)
             for pid in left:
                 try:
                     os.kill(pid, signal.SIGKILL)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.resume import processes_in
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -54,19 +55,6 @@ def run(workdir: Path, *cmd: str) -> tuple[int, str]:
     proc = subprocess.run(list(cmd) or command(workdir), cwd=workdir, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return proc.returncode, proc.stdout + proc.stderr
-
-
-def processes_in(workdir: Path) -> list[int]:
-    """Live processes whose working directory is ``workdir`` (jobs, preload children)."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if Path(os.readlink(p / "cwd")).resolve() == workdir.resolve():
-                    out.append(int(p.name))
-            except OSError:
-                pass
-    return out
 
 
 def kill_when(workdir: Path, ready, what: str, group: bool = True) -> str:
