@@ -64,6 +64,21 @@ if workflow.is_main_process:
     except HarnessError as _err:
         sys.exit(f"error: {_err}")
 
+# One GPU per job on a local node: Snakemake counts `gpu` but assigns no ids, so jobs take theirs from
+# the harness's pool (harness/gpus.py, OS locks) and the `gpu` resource caps them at the node's count
+# (`--resources gpu=N` to use fewer). Cluster jobs get their GPU from the scheduler.
+if workflow.is_main_process and workflow.local_exec:
+    from harness.gpus import DEFAULT_LOCK_DIR, POOL_ENV, visible_gpus
+    from harness.resources import uses_gpu
+
+    _gpus = visible_gpus() if uses_gpu(config) else []
+    if _gpus:
+        os.environ.setdefault(POOL_ENV, str(DEFAULT_LOCK_DIR))  # jobs inherit it
+        if "gpu" not in workflow.global_resources:
+            workflow.register_resource("gpu", len(_gpus))
+        print(f"note: GPUs {','.join(_gpus)}: each job that loads a model takes one of them "
+              f"(locks in {os.environ[POOL_ENV]}; `python -m harness gpus` shows who holds which)", file=sys.stderr)
+
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]
 HUMANEVAL = f"{REPORTS}/humaneval"

@@ -179,7 +179,7 @@ def cmd_preflight(args) -> int:
     from harness.preflight import render, run_preflight
 
     cfg = _config(args)
-    report = run_preflight(cfg)
+    report = run_preflight(cfg, with_plan=True)
     print(render(report, cfg, args.config_snapshot or args.config, hash_files=not args.no_hash))
     return EXIT_OK if report.ok else EXIT_USAGE
 
@@ -323,11 +323,51 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--socket", required=True, help="Unix socket path; jobs find it in $HARNESS_PRELOAD_SOCKET")
     ps.set_defaults(func=cmd_preload_server)
 
+    es = sub.add_parser("estimate", help="estimated GPU-hours and wall time of each paper table on 1 and N GPUs "
+                        "(from the paper's time costs)")
+    es.add_argument("--gpus", type=int, nargs="+", default=[1, 8], help="GPU counts (default: %(default)s)")
+    es.set_defaults(func=cmd_estimate)
+
+    gp = sub.add_parser("gpus", help="the node's GPU ids and which job holds each (the pool of local runs)")
+    gp.set_defaults(func=cmd_gpus)
+
     fx = sub.add_parser("fixtures", help="tiny random-weight checkpoints in the upstream layouts + DIR/paper-tiny.yaml")
     fx.add_argument("--out", required=True, help="folder to write weights/, data/ and paper-tiny.yaml into")
     fx.add_argument("--data-dir", help="folder holding the prompt files (default: data_dir of config/paper.yaml)")
     fx.set_defaults(func=cmd_fixtures)
     return p
+
+
+def cmd_estimate(args) -> int:
+    from harness.resources import PAPER_DENOISER_FLOPS_PER_S, PAPER_OVERHEAD_S, wall_time_table
+
+    if any(g < 1 for g in args.gpus):
+        raise HarnessError(f"--gpus: {args.gpus}: every GPU count must be at least 1")
+    print(wall_time_table(_config(args), args.gpus))
+    print(f"\nEstimates, not measurements: A100s, the paper's batch 4; seconds per image = {PAPER_OVERHEAD_S} s + "
+          f"denoiser FLOPs / {PAPER_DENOISER_FLOPS_PER_S / 1e12:.1f} TFLOP/s (fitted to the paper's time costs), "
+          "plus model loading per job; scoring included. Images: every stage's (a relay's base images too).")
+    return EXIT_OK
+
+
+def cmd_gpus(args) -> int:
+    import datetime
+    import os
+
+    from harness.gpus import DEFAULT_LOCK_DIR, POOL_ENV, pool_status, visible_gpus
+
+    ids = visible_gpus()
+    lock_dir = os.environ.get(POOL_ENV) or DEFAULT_LOCK_DIR
+    if not ids:
+        print("no GPU visible (HARNESS_GPU_IDS, CUDA_VISIBLE_DEVICES and nvidia-smi name none): jobs run on the CPU")
+        return EXIT_OK
+    print(f"{len(ids)} GPU(s); locks in {lock_dir}")
+    for row in pool_status(ids, lock_dir):
+        holder = row["holder"] or {}
+        since = datetime.datetime.fromtimestamp(holder["since"]).isoformat(timespec="seconds") if holder.get("since") else "?"
+        print(f"  GPU {row['gpu']}: " + (f"held by pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {since}"
+                                         if row["held"] else "free"))
+    return EXIT_OK
 
 
 def cmd_preload_server(args) -> None:
@@ -340,9 +380,21 @@ def main(argv: list[str] | None = None) -> int:
     from harness.preload import run_in_server
 
     argv = sys.argv[1:] if argv is None else argv
+    from harness.gpus import job_gpu, wants_pool
+
+    if wants_pool(argv):  # a local run on a GPU node: this job takes one GPU of the pool (harness/gpus.py)
+        with job_gpu(log=lambda line: print(line, file=sys.stderr, flush=True)) as lease:
+            if lease is not None:
+                # In this process, not the preload server's child: the server imported torch, and
+                # CUDA_VISIBLE_DEVICES must be set before torch is imported.
+                return _run(argv)
     forked = run_in_server(argv)  # a preload server is running (local Snakemake run): the job runs there
     if forked is not None:
         return forked
+    return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)  # a usage error exits 2 (argparse)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

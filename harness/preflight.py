@@ -26,11 +26,6 @@ import yaml
 from harness.errors import HarnessError
 
 PINS_PATH = Path(__file__).resolve().parent.parent / "models" / "weight_pins.yaml"
-#: seconds per image of SDXL at 1024 px, 50 steps with CFG (paper Table 1: 19.67 s per batch of 4 on
-#: an A100), the unit the plan's estimates for systems without a paper time are scaled from
-SDXL_SECONDS_PER_IMAGE = 19.67 / 4
-SDXL_COST_UNITS = 50 * 2  # UNet evaluations per image, at 1024 px
-
 
 @dataclass
 class EntryCheck:
@@ -161,20 +156,6 @@ def hash_lines(check: EntryCheck, pins: dict) -> tuple[list[str], list[str]]:
     return lines, warnings
 
 
-def _unet_evaluations(config: dict[str, Any], system: str) -> tuple[int, float]:
-    """(UNet evaluations per image, cost in SDXL-1024 evaluation units) of one system's own stage."""
-    from models.registry import model_class
-
-    def calls(name: str) -> list[tuple[int, int]]:
-        spec = config["systems"][name]
-        cls = model_class(spec["model"])
-        upstream = calls(spec["input"])[-1][1] if spec.get("input") else None
-        return cls.unet_calls(cls.resolve_params(spec, name), upstream)
-
-    own = calls(system)
-    return sum(n for n, _ in own), sum(n * (res / 1024) ** 2 for n, res in own)
-
-
 def planned_jobs(config: dict[str, Any]) -> list[tuple[str, str]]:
     """Every (benchmark, system) generation the DAG's tables and ablations ask for, stages included."""
     from harness.ablations import expansion_pairs, tr_sweep_points
@@ -198,17 +179,13 @@ def planned_jobs(config: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def plan(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Images, UNet evaluations and estimated A100 GPU-hours per (benchmark, system) job.
-
-    Table rows with a time cost in the paper (Table 1, A100, batch 4) use it: it covers the row's
-    stages, so its stages count 0. Every other job is scaled from SDXL's paper time by UNet
-    evaluations times pixels (an estimate that ignores text encoders and VAEs).
-    """
-    from harness.paper import paper_time_cost
+    """Images, denoiser evaluations and estimated A100 GPU-hours per (benchmark, system) job, from
+    the time model of :mod:`harness.resources` (fitted to the paper's time costs; each stage is
+    its own job, so a relay's row excludes its base stage's)."""
+    from harness.flops import stage_costs
     from harness.prompts import load_prompts
-    from harness.systems import final_systems, stage_chain
+    from harness.resources import seconds_per_image
 
-    covered = {stage for s in final_systems(config) if paper_time_cost(s) for stage in stage_chain(config, s)[:-1]}
     rows, counts = [], {}
     for benchmark, system in planned_jobs(config):
         if benchmark not in counts:
@@ -217,19 +194,15 @@ def plan(config: dict[str, Any]) -> list[dict[str, Any]]:
             except HarnessError:
                 counts[benchmark] = 0  # reported by check_data
         images = counts[benchmark] * config["samples_per_prompt"]
-        evals, units = _unet_evaluations(config, system)
-        if paper_time_cost(system) is not None:
-            seconds, source = paper_time_cost(system) / 4, "paper time (all stages)"
-        elif system in covered:
-            seconds, source = 0.0, "in its row's paper time"
-        else:
-            seconds, source = units * SDXL_SECONDS_PER_IMAGE / SDXL_COST_UNITS, "scaled from SDXL"
+        evals = sum(c.evaluations * c.forwards for c in stage_costs(config, system) if c.system == system)
         rows.append({"benchmark": benchmark, "system": system, "images": images, "unet_evaluations": evals,
-                     "gpu_hours": images * seconds / 3600, "source": source})
+                     "gpu_hours": images * seconds_per_image(config, system) / 3600})
     return rows
 
 
-def run_preflight(config: dict[str, Any]) -> Report:
+def run_preflight(config: dict[str, Any], with_plan: bool = False) -> Report:
+    """Every weights and data problem at once; ``with_plan`` adds the estimated plan (it counts FLOPs
+    of full-size networks: seconds, so the Snakefile's check at every start leaves it out)."""
     from models.base import WeightsSpec
 
     entries = check_weights(config)
@@ -247,7 +220,7 @@ def run_preflight(config: dict[str, Any]) -> Report:
     if exp["enabled"] and exp["backend"] == "openai" and not os.environ.get(exp["api_key_env"]):
         warnings.append(f"expansion: ${exp['api_key_env']} is not set; the expansion ablation and the expanded "
                         "human-eval prompts need it unless results/.cache/expansions already holds them")
-    return Report(entries, data, problems, warnings, plan(config))
+    return Report(entries, data, problems, warnings, plan(config) if with_plan else [])
 
 
 def render(report: Report, config: dict[str, Any], source: str, hash_files: bool = True) -> str:
@@ -265,11 +238,11 @@ def render(report: Report, config: dict[str, Any], source: str, hash_files: bool
     out += ["", "data:"] + [f"  {line}" for line in report.data]
     if report.plan:
         total = sum(r["gpu_hours"] for r in report.plan)
-        out += ["", "plan (estimates for one A100 from the paper's time costs, not measurements):",
-                "  | benchmark | system | images | UNet evaluations / image | GPU-hours | basis |",
-                "  |---|---|---:|---:|---:|---|"]
+        out += ["", "plan (estimates for one A100 from the paper's time costs, not measurements: harness/resources.py):",
+                "  | benchmark | system | images | UNet evaluations / image | GPU-hours |",
+                "  |---|---|---:|---:|---:|"]
         out += [f"  | {r['benchmark']} | {r['system']} | {r['images']} | {r['unet_evaluations']} | "
-                f"{r['gpu_hours']:.2f} | {r['source']} |" for r in report.plan]
+                f"{r['gpu_hours']:.2f} |" for r in report.plan]
         out.append(f"  total: {sum(r['images'] for r in report.plan)} images, about {total:.1f} A100 GPU-hours "
                    "(plus scoring, roughly 5-10%)")
     if report.warnings:

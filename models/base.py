@@ -153,6 +153,10 @@ class System(ABC):
     #: models whose images this one can take as its ``input`` (an image-to-image stage names the base
     #: stages whose resolution and latent space it was built for); empty: it reads no images
     INPUT_MODELS: ClassVar[tuple[str, ...]] = ()
+    #: parameters of the full-size networks one generation job of this model holds, per component
+    #: (counted on the meta device from the model's random full-size build; tests/test_resources.py
+    #: recounts them): the memory estimates of harness/resources.py start from them
+    PARAMETERS: ClassVar[dict[str, int]] = {}
     #: parameters whose value names another entry under ``weights:`` (text encoder, VAE, ...)
     WEIGHT_PARAMS: ClassVar[tuple[str, ...]] = ()
     #: how many tokens the text encoder reads; longer prompts are truncated (counted in reports)

@@ -69,6 +69,8 @@ def tiny_vae(seed: int = 0):
 
 class SDXLSystem(System):
     GUIDANCE_EMBEDDED = False  # LCM feeds w through the UNet instead of a CFG batch
+    # the two CLIP text towers: ViT-L/14 (123.1 M) and OpenCLIP bigG/14 with its projection (694.7 M)
+    PARAMETERS = {"unet": 2_567_463_684, "text_encoders": 817_720_320, "vae": 83_653_863}
     QUICK_PARAMS = {"steps": 2, "resolution": 64}
     PARAMS = {
         "steps": {"default": 50, "schema": {"type": "integer", "minimum": 1}, "doc": "denoising steps"},

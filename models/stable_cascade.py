@@ -70,6 +70,8 @@ def paella_vq_model():
 
 
 class StableCascadeSystem(System):
+    # stage C (prior), stage B (decoder), the bigG text tower and stage A (the Paella VQGAN)
+    PARAMETERS = {"prior": 3_589_103_632, "decoder": 1_562_941_136, "text_encoder": 694_659_840, "vqgan": 18_406_894}
     QUICK_PARAMS = {"prior_steps": 2, "decoder_steps": 2, "resolution": 128}
     PARAMS = {
         "prior_steps": {"default": 20, "schema": {"type": "integer", "minimum": 1}, "doc": "stage C steps"},

@@ -7,6 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness import resources
 from harness.ablations import expansion_pairs, tr_sweep_points
 from harness.expansion_report import expansion_benchmarks
 from harness.humaneval.export import EXPORT_KEYS, humaneval_systems
@@ -94,6 +95,50 @@ def shard_manifests(w):
     """The shard manifests one merge job reads (only when config shards > 1)."""
     n = config["shards"]
     return [f"{RESULTS}/{w.benchmark}/{w.system}/manifest.shard-{i}-of-{n}.jsonl" for i in range(n)]
+
+
+# ---- resources: GPU, device and host memory, run time (harness/resources.py) -----------------------
+# A cluster scheduler uses run time (SLURM --time); a local run does not, and the time model counts
+# FLOPs of full-size networks (seconds), so local runs leave it out.
+TIMED_JOBS = not workflow.local_exec
+
+
+_ESTIMATES = {}  # one estimate per job, however many resources read it
+
+
+def _generation_resources(benchmark, system):
+    key = ("generate", benchmark, system)
+    if key not in _ESTIMATES:
+        _ESTIMATES[key] = resources.generation_resources(config, benchmark, system, runtime=TIMED_JOBS)
+    return _ESTIMATES[key]
+
+
+def _scoring_resources(benchmark, metric, systems):
+    key = ("score", benchmark, metric, systems)
+    if key not in _ESTIMATES:
+        _ESTIMATES[key] = resources.scoring_resources(config, benchmark, metric, list(systems))
+    return _ESTIMATES[key]
+
+
+def declared(estimate):
+    """Snakemake resources from ``estimate(wildcards) -> JobResources``: gpu, gpu_mem_mb, mem_mb and,
+    for cluster runs, runtime (minutes)."""
+    names = ("gpu", "gpu_mem_mb", "mem_mb") + (("runtime",) if TIMED_JOBS else ())
+    return {name: (lambda w, name=name: getattr(estimate(w), name)) for name in names}
+
+
+def generation_resources():
+    return declared(lambda w: _generation_resources(w.benchmark, w.system))
+
+
+def scoring_resources(systems):
+    return declared(lambda w: _scoring_resources(w.benchmark, w.metric, tuple(systems)))
+
+
+def benchmark_resources(estimate):
+    """The resources of a benchmark job (no wildcards), estimated once."""
+    job = estimate()
+    return declared(lambda w: job)
 
 
 # ---- reports ----------------------------------------------------------------------------------------

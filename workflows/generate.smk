@@ -38,6 +38,8 @@ rule generate:
         shard=lambda w: w.get("shard", 0),
         shards=config["shards"],
     threads: 1
+    resources:
+        **generation_resources(),
     conda:
         HARNESS_ENV
     shell:

@@ -120,6 +120,8 @@ rule timecost:
         systems=config["systems"],
         weights=config["weights"],
     threads: workflow.cores
+    resources:
+        **benchmark_resources(lambda: resources.timecost_resources(config)),
     conda:
         HARNESS_ENV
     shell:
@@ -138,6 +140,8 @@ rule scorer_speed:
         snapshot=SNAPSHOT,
         weights={m: config["weights"].get(m, "tiny") for m in SPEED_METRICS},
     threads: workflow.cores
+    resources:
+        **benchmark_resources(lambda: resources.scorer_speed_resources(config, list(SPEED_METRICS))),
     conda:
         HARNESS_ENV
     shell:

@@ -25,6 +25,8 @@ for _group, _systems in (("", final_systems(config)),
             versions=scorer_versions,
             systems=" ".join(_systems),
         threads: 1
+        resources:
+            **scoring_resources(_systems),
         conda:
             HARNESS_ENV
         shell:

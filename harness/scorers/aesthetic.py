@@ -48,6 +48,7 @@ class AestheticScorer(Scorer):
     uses_prompt = False
     FILES = (MLP_FILE, CLIP_FILE)
     LIBRARIES = ("open_clip_torch",)
+    PARAMETERS = 427_616_513 + 927_969  # OpenAI CLIP ViT-L/14 + the MLP
 
     def _build(self) -> None:
         self.mlp = AestheticMLP()

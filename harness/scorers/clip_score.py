@@ -24,6 +24,7 @@ class CLIPScorer(Scorer):
     label = "CLIP score"
     FILES = (CLIP_FILE,)
     LIBRARIES = ("open_clip_torch",)
+    PARAMETERS = 427_616_513  # OpenAI CLIP ViT-L/14
 
     def _build(self) -> None:
         import open_clip

@@ -82,6 +82,7 @@ class _SetScorer(Scorer):
     uses_prompt = False
     FILES = (INCEPTION_FILES,)
     LIBRARIES = ("torchmetrics", "torch-fidelity")
+    PARAMETERS = 24_000_000  # approximate: the FID InceptionV3 (its weights file is 95 MB in fp32)
 
     def _build(self) -> None:
         if self.weights.is_tiny:

@@ -112,6 +112,7 @@ class HPSv2Scorer(Scorer):
     CHECKPOINT = "HPS_v2_compressed.pt"
     FILES = (CHECKPOINT,)
     LIBRARIES = ("open_clip_torch", "torchvision")
+    PARAMETERS = 986_109_441  # open_clip ViT-H-14
 
     def _build(self) -> None:
         import open_clip

@@ -52,6 +52,9 @@ class ImageRewardScorer(Scorer):
     label = "ImageReward"
     FILES = (CKPT, MED_CONFIG, VOCAB)
     LIBRARIES = ("image-reward", "transformers", "timm")
+    # approximate (not counted here: BLIP needs its checkpoint to build): ViT-L/16 about 303 M, BERT-base
+    # with cross-attention about 140 M, the MLP under 1 M
+    PARAMETERS = 445_000_000
 
     def _build(self) -> None:
         IR = import_imagereward()

@@ -57,6 +57,8 @@ def _tiny_seed(key: str) -> int:
 
 class _CogView3(System):
     WEIGHT_PARAMS = ("text_encoder", "vae")
+    # each stage's job loads its own UNet, the T5 v1.1 XXL encoder and the SDXL VAE
+    PARAMETERS = {"unet": 2_906_612_484, "text_encoder": 4_762_310_656, "vae": 83_653_863}
     LIBRARIES = ("diffusers", "transformers")
     GUIDANCE_EMBED_DIM: int
 
