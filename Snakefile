@@ -58,26 +58,13 @@ if config["profile"] != "smoke" and workflow.is_main_process:
                  + "\nFull report with the plan: python -m harness preflight --config <your config file>")
 
 # What a run needs beyond a valid config (files it names, prompt-set sizes), before any job runs.
+# What depends on where jobs run is checked in `onstart` (local_run_checks): only then is the executor
+# known (while this file is read, workflow.local_exec is True whatever --executor says).
 if workflow.is_main_process:
     try:
-        check_run_inputs(config, local=workflow.local_exec)
+        check_run_inputs(config, local=False)
     except HarnessError as _err:
         sys.exit(f"error: {_err}")
-
-# One GPU per job on a local node: Snakemake counts `gpu` but assigns no ids, so jobs take theirs from
-# the harness's pool (harness/gpus.py, OS locks) and the `gpu` resource caps them at the node's count
-# (`--resources gpu=N` to use fewer). Cluster jobs get their GPU from the scheduler.
-if workflow.is_main_process and workflow.local_exec:
-    from harness.gpus import DEFAULT_LOCK_DIR, POOL_ENV, visible_gpus
-    from harness.resources import uses_gpu
-
-    _gpus = visible_gpus() if uses_gpu(config) else []
-    if _gpus:
-        os.environ.setdefault(POOL_ENV, str(DEFAULT_LOCK_DIR))  # jobs inherit it
-        if "gpu" not in workflow.global_resources:
-            workflow.register_resource("gpu", len(_gpus))
-        print(f"note: GPUs {','.join(_gpus)}: each job that loads a model takes one of them "
-              f"(locks in {os.environ[POOL_ENV]}; `python -m harness gpus` shows who holds which)", file=sys.stderr)
 
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]
@@ -122,7 +109,10 @@ include: "workflows/common.smk"
 
 
 onstart:
-    start_preload_server()
+    if workflow.local_exec:
+        local_run_checks()
+        share_gpus()
+        start_preload_server()
 
 
 onsuccess:

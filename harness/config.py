@@ -173,7 +173,13 @@ def check_run_inputs(config: dict[str, Any], local: bool = True) -> None:
             raise ConfigError(f"config key 'num_prompts': {config['num_prompts']}, but prompt set {name!r} has only "
                               f"{len(prompts)} prompts; lower it to {len(prompts)} or less, or set it to null for every "
                               "prompt (a larger value would be quietly cut to the set's size)")
-    if local and config["dtype"] == "float16" and config["device"] == "auto":
+    if local:
+        check_local_device(config)
+
+
+def check_local_device(config: dict[str, Any]) -> None:
+    """Half precision is not about to run on this machine's CPU (``device: auto`` without CUDA)."""
+    if config["dtype"] == "float16" and config["device"] == "auto":
         import torch
 
         if not torch.cuda.is_available():

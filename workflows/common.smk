@@ -98,47 +98,51 @@ def shard_manifests(w):
 
 
 # ---- resources: GPU, device and host memory, run time (harness/resources.py) -----------------------
-# A cluster scheduler uses run time (SLURM --time); a local run does not, and the time model counts
-# FLOPs of full-size networks (seconds), so local runs leave it out.
-TIMED_JOBS = not workflow.local_exec
-
-
 _ESTIMATES = {}  # one estimate per job, however many resources read it
 
 
-def _generation_resources(benchmark, system):
-    key = ("generate", benchmark, system)
+def _generation_resources(benchmark, system, timed):
+    key = ("generate", benchmark, system, timed)
     if key not in _ESTIMATES:
-        _ESTIMATES[key] = resources.generation_resources(config, benchmark, system, runtime=TIMED_JOBS)
+        _ESTIMATES[key] = resources.generation_resources(config, benchmark, system, runtime=timed)
     return _ESTIMATES[key]
 
 
-def _scoring_resources(benchmark, metric, systems):
-    key = ("score", benchmark, metric, systems)
+def _scoring_resources(benchmark, metric, systems, timed):
+    key = ("score", benchmark, metric, systems, timed)
     if key not in _ESTIMATES:
         _ESTIMATES[key] = resources.scoring_resources(config, benchmark, metric, list(systems))
     return _ESTIMATES[key]
 
 
+def timed_jobs():
+    """Whether jobs need a run time: a cluster scheduler uses it (SLURM --time), a local run does not,
+    and the time model counts FLOPs of full-size networks (seconds). Asked when a job's resources are
+    evaluated: while the Snakefile is read, ``workflow.local_exec`` is True whatever the executor. A
+    cluster job's own Snakemake process was scheduled already."""
+    return not workflow.local_exec and workflow.is_main_process
+
+
 def declared(estimate):
-    """Snakemake resources from ``estimate(wildcards) -> JobResources``: gpu, gpu_mem_mb, mem_mb and,
-    for cluster runs, runtime (minutes)."""
-    names = ("gpu", "gpu_mem_mb", "mem_mb") + (("runtime",) if TIMED_JOBS else ())
-    return {name: (lambda w, name=name: getattr(estimate(w), name)) for name in names}
+    """Snakemake resources from ``estimate(wildcards, timed) -> JobResources``: gpu, gpu_mem_mb, mem_mb
+    and runtime (minutes; 0, i.e. no limit, where nothing schedules by it)."""
+    out = {name: (lambda w, name=name: getattr(estimate(w, False), name)) for name in ("gpu", "gpu_mem_mb", "mem_mb")}
+    out["runtime"] = lambda w: estimate(w, True).runtime if timed_jobs() else 0
+    return out
 
 
 def generation_resources():
-    return declared(lambda w: _generation_resources(w.benchmark, w.system))
+    return declared(lambda w, timed: _generation_resources(w.benchmark, w.system, timed))
 
 
 def scoring_resources(systems):
-    return declared(lambda w: _scoring_resources(w.benchmark, w.metric, tuple(systems)))
+    return declared(lambda w, timed: _scoring_resources(w.benchmark, w.metric, tuple(systems), timed))
 
 
 def benchmark_resources(estimate):
     """The resources of a benchmark job (no wildcards), estimated once."""
     job = estimate()
-    return declared(lambda w: job)
+    return declared(lambda w, timed: job)
 
 
 # ---- reports ----------------------------------------------------------------------------------------
@@ -194,6 +198,36 @@ def filled_sheets(w):
             f"python -m harness humaneval-simulate --key {HUMANEVAL}/key.json --out-dir {folder}"
         )
     return sheets
+
+
+# ---- local runs: called from `onstart`, once the executor is known --------------------------------
+
+
+def local_run_checks():
+    """Jobs run on this machine: half precision must not be about to run on its CPU."""
+    from harness.config import check_local_device
+    from harness.errors import HarnessError
+
+    try:
+        check_local_device(config)
+    except HarnessError as err:
+        sys.exit(f"error: {err}")
+
+
+def share_gpus():
+    """One GPU per job on a local node: Snakemake counts `gpu` but assigns no ids, so jobs take theirs
+    from the harness's pool (harness/gpus.py, OS locks), and the `gpu` resource caps them at the
+    node's count (`--resources gpu=N` to use fewer). Cluster jobs get their GPU from the scheduler."""
+    from harness.gpus import DEFAULT_LOCK_DIR, POOL_ENV, visible_gpus
+
+    gpus = visible_gpus() if resources.uses_gpu(config) else []
+    if not gpus:
+        return
+    os.environ.setdefault(POOL_ENV, str(DEFAULT_LOCK_DIR))  # jobs inherit it
+    if "gpu" not in workflow.global_resources:
+        workflow.register_resource("gpu", len(gpus))
+    print(f"note: GPUs {','.join(gpus)}: each job that loads a model takes one of them (locks in "
+          f"{os.environ[POOL_ENV]}; `python -m harness gpus` shows who holds which)", file=sys.stderr)
 
 
 # ---- the preload server (harness/preload.py) ------------------------------------------------------
