@@ -24,7 +24,7 @@ $(error $(VENV) was set up with $(if $(INSTALLED_CUDA),TORCH_CUDA=$(INSTALLED_CU
 endif
 endif
 
-.PHONY: setup demo test test-slow regression clean
+.PHONY: setup setup-slurm demo test test-slow regression clean
 
 $(STAMP): requirements/base.txt requirements/lock.txt requirements/nodeps.txt pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ $(STAMP): requirements/base.txt requirements/lock.txt requirements/nodeps.txt py
 	echo '$(TORCH_CUDA)' > $@
 
 setup: $(STAMP)
+
+# The optional SLURM executor (extra `slurm`) for `snakemake --profile profiles/slurm`, pinned by the same lock.
+setup-slurm: setup
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -r requirements/slurm.txt
 
 demo: setup  # rule all: Table 1, Table 3 and the expansion ablation
 	$(BIN)/snakemake --cores all

@@ -339,12 +339,13 @@ def test_readme_install_section_shows_only_tested_commands():
 
 @pytest.mark.slow
 def test_pip_route_resolves_to_the_lock(tmp_path):
-    """`pip install -c requirements/lock.txt -e ".[test]"` (dry run, ignoring what is installed) picks
-    exactly the lock, less the two --no-deps packages; ~30 s with the local package mirror."""
+    """`pip install -c requirements/lock.txt -e ".[test,slurm]"` (dry run, ignoring what is installed) picks
+    exactly the lock, less the two --no-deps packages: the lock pins every extra (`slurm`: the SLURM
+    executor, `make setup-slurm`); ~30 s with the local package mirror."""
     report = tmp_path / "report.json"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
                            "--no-build-isolation", "--report", str(report), "-c", "requirements/lock.txt",
-                           "-e", ".[test]"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "-e", ".[test,slurm]"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
     got.pop("cogview3-harness")
