@@ -39,12 +39,32 @@ def guidance_embedding(w: float, dim: int, batch: int = 1) -> torch.Tensor:
     Unlike the timestep sinusoid it puts sin first and uses frequencies exp(-ln(10000) * i / (dim/2 - 1)).
     It is projected by ``w_proj`` (diffusers: ``time_embedding.cond_proj``) and added to the timestep
     sinusoid before ``time_embed``.
+
+    The frequencies are rounded exactly as the official ``guidance_scale_embedding`` (THUDM/CogView3
+    sat/sgm/modules/diffusionmodules/sampling.py L24-50) rounds them, so a distilled checkpoint sees the
+    input it was trained on bit for bit (see :func:`guidance_frequencies`).
     """
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / (half - 1))
-    args = torch.tensor(w * 1000.0, dtype=torch.float32) * freqs
+    freqs = guidance_frequencies(half)
+    # w is a float32 tensor before the x1000, as in the official sampler (torch.ones(B) * cfg_cond_scale,
+    # then w * 1000.0 in sampling.py L40); identical for w = 7.5, 1 ulp apart for some other w.
+    args = (torch.tensor(w, dtype=torch.float32) * 1000.0) * freqs
     emb = torch.cat([torch.sin(args), torch.cos(args)]).reshape(1, -1)
     return emb.expand(batch, -1).clone()
+
+
+def guidance_frequencies(half: int) -> torch.Tensor:
+    """exp(-ln(10000) * i / (half - 1)), i < half, in float32 as the official sampling.py L43-44 computes it.
+
+    The official code forms the step ln(10000) / (half - 1) once as a float32 scalar and multiplies the
+    float32 ``arange`` by its negative: exp(arange(half) * -step). Scaling the arange by -ln(10000) first and
+    dividing by (half - 1) afterwards rounds twice per element: its exponents are up to 2 ulp off, so 126
+    of the 256 base-distill frequencies differ (by up to 16 ulp after exp), which moves sin/cos of
+    w*1000 = 7500 by up to 4.8e-4. (Forming the step in float64, -(math.log(10000) / (half - 1)), gives
+    the same float32 frequencies at half = 128 and 256: the scalar is rounded to float32 identically.)
+    """
+    step = torch.log(torch.tensor(10000.0, dtype=torch.float32)) / (half - 1)
+    return torch.exp(torch.arange(half, dtype=torch.float32) * -step)
 
 
 class T5TextEncoder:
