@@ -352,17 +352,16 @@ def cmd_estimate(args) -> int:
 
 def cmd_gpus(args) -> int:
     import datetime
-    import os
 
-    from harness.gpus import DEFAULT_LOCK_DIR, POOL_ENV, pool_status, visible_gpus
+    from harness.gpus import lock_dir, pool_status, visible_gpus
 
     ids = visible_gpus()
-    lock_dir = os.environ.get(POOL_ENV) or DEFAULT_LOCK_DIR
+    folder = lock_dir()
     if not ids:
         print("no GPU visible (HARNESS_GPU_IDS, CUDA_VISIBLE_DEVICES and nvidia-smi name none): jobs run on the CPU")
         return EXIT_OK
-    print(f"{len(ids)} GPU(s); locks in {lock_dir}")
-    for row in pool_status(ids, lock_dir):
+    print(f"{len(ids)} GPU(s); locks in {folder}")
+    for row in pool_status(ids, folder):
         holder = row["holder"] or {}
         since = datetime.datetime.fromtimestamp(holder["since"]).isoformat(timespec="seconds") if holder.get("since") else "?"
         print(f"  GPU {row['gpu']}: " + (f"held by pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {since}"
@@ -382,12 +381,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from harness.gpus import job_gpu, wants_pool
 
-    if wants_pool(argv):  # a local run on a GPU node: this job takes one GPU of the pool (harness/gpus.py)
-        with job_gpu(log=lambda line: print(line, file=sys.stderr, flush=True)) as lease:
-            if lease is not None:
-                # In this process, not the preload server's child: the server imported torch, and
-                # CUDA_VISIBLE_DEVICES must be set before torch is imported.
-                return _run(argv)
+    if wants_pool():  # a job of a local run whose rule declared a GPU: it takes one (harness/gpus.py)
+        try:
+            with job_gpu(log=lambda line: print(line, file=sys.stderr, flush=True)) as lease:
+                if lease is not None:
+                    # In this process, not the preload server's child: the server imported torch, and
+                    # CUDA_VISIBLE_DEVICES must be set before torch is imported.
+                    return _run(argv)
+        except HarnessError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
     forked = run_in_server(argv)  # a preload server is running (local Snakemake run): the job runs there
     if forked is not None:
         return forked

@@ -110,6 +110,32 @@ def save_png(image: Image.Image, path: str | Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def try_lock(path: str | Path) -> int | None:
+    """An exclusive ``flock`` on ``path`` without waiting: the open descriptor (closing it, or the
+    holder's death however it dies, releases the lock), or None while another process holds it.
+    Other errors (a filesystem without locks) are raised. The file is created readable and writable
+    by everyone (several users' runs share node-wide locks); an existing file is opened without
+    O_CREAT, which systemd's fs.protected_regular refuses for another user's file in /tmp."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            os.fchmod(fd, 0o666)  # whatever the umask
+        except FileExistsError:  # created by another process meanwhile
+            fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return None
+        raise
+    return fd
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: str | Path, what: str, wait_s: float = 60.0):
     """Hold an exclusive lock on ``path`` (fcntl; released by the kernel when the holder dies).
@@ -117,40 +143,35 @@ def exclusive_lock(path: str | Path, what: str, wait_s: float = 60.0):
     Waits up to ``wait_s`` for another holder (an orphan of a killed run finishing its batch), then
     fails naming the holder's pid.
     """
-    import fcntl
     import time
 
     from harness.errors import HarnessError
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a+")
     deadline = time.monotonic() + wait_s
-    try:
-        while True:
-            try:
-                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as err:
-                if err.errno not in (errno.EACCES, errno.EAGAIN):  # a filesystem without fcntl locks
-                    import logging
+    fd = None
+    while True:
+        try:
+            fd = try_lock(path)
+        except OSError as err:  # a filesystem without locks
+            import logging
 
-                    logging.getLogger(__name__).warning("cannot lock %s (%s); going on without the lock", path,
-                                                        err.strerror)
-                    break
-                if time.monotonic() > deadline:
-                    f.seek(0)
-                    holder = f.read().strip() or "?"
-                    raise HarnessError(f"{what} is locked by another process ({holder}, lock {path}); wait for it to "
-                                       f"finish or kill it, then rerun") from None
-                time.sleep(0.5)
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-        f.flush()
+            logging.getLogger(__name__).warning("cannot lock %s (%s); going on without the lock", path, err.strerror)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fd is not None:
+            break
+        if time.monotonic() > deadline:
+            holder = path.read_text().strip() or "?"
+            raise HarnessError(f"{what} is locked by another process ({holder}, lock {path}); wait for it to "
+                               f"finish or kill it, then rerun")
+        time.sleep(0.5)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
         yield
     finally:
-        f.close()  # releases the lock
+        os.close(fd)  # releases the lock
 
 
 def sha256_file(path: str | Path) -> str:

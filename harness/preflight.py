@@ -244,7 +244,7 @@ def render(report: Report, config: dict[str, Any], source: str, hash_files: bool
         out += [f"  | {r['benchmark']} | {r['system']} | {r['images']} | {r['unet_evaluations']} | "
                 f"{r['gpu_hours']:.2f} |" for r in report.plan]
         out.append(f"  total: {sum(r['images'] for r in report.plan)} images, about {total:.1f} A100 GPU-hours "
-                   "(plus scoring, roughly 5-10%)")
+                   "(plus scoring: `python -m harness estimate` counts it)")
     if report.warnings:
         out += ["", f"warnings ({len(report.warnings)}):"] + [f"  - {w}" for w in report.warnings]
     if report.problems:

@@ -2,8 +2,8 @@
 
 The rules declare these as Snakemake resources (``gpu``, ``gpu_mem_mb``, ``mem_mb``, ``runtime``),
 computed here from the facts the registries declare: each system class's and scorer class's
-full-size parameter counts (``PARAMETERS``, recounted on the meta device by
-tests/test_resources.py), the run's dtype, device, batch size and resolution, and the prompt count.
+full-size parameter counts (``PARAMETERS``; the models' are recounted on the meta device by
+tests/test_resources.py, the scorers' come from open_clip counts or are stated as approximate), the run's dtype, device, batch size and resolution, and the prompt count.
 They are **estimates**: they size SLURM requests and let Snakemake keep concurrent jobs within a
 node; they are not measurements.
 
@@ -38,13 +38,24 @@ BYTES_HALF, BYTES_FULL = 2, 4
 #: +31 % for the distilled rows (their time is mostly T5 and the VAE). tests/test_resources.py refits.
 PAPER_OVERHEAD_S = 0.442
 PAPER_DENOISER_FLOPS_PER_S = 145.5e12
-#: SLURM --time = (load + images x seconds per image) x margin: model loading from a cold shared
-#: filesystem and a GPU slower than the paper's A100 must not get a job killed before it is done
-LOAD_MINUTES = 15
+#: reading a job's weights from local disk and moving them to the GPU (T5-XXL alone is 9.5 GB in
+#: bf16), once per generation job; a scorer's, once per scoring job
+MODEL_LOAD_S = 120
+SCORER_LOAD_S = 60
+#: SLURM --time = margin x (loading + images x seconds per image), at least MIN_RUNTIME_MINUTES: a cold
+#: shared filesystem and a GPU slower than the paper's A100 must not get a job killed before it is done
+#: (a job stopped at its limit is resubmitted once by the profile and resumes; raise `shards` to make
+#: jobs fit a partition's MaxTime: the estimate is per shard)
 RUNTIME_MARGIN = 3.0
+MIN_RUNTIME_MINUTES = 30
 #: scoring: seconds per image on an A100 for the largest scorer (ViT-H-14 at batch 16), with margin
 SCORE_SECONDS_PER_IMAGE = 0.05
 SCORER_INPUT_BOUND_PX = 512
+
+
+def slurm_minutes(seconds: float) -> int:
+    """The run-time limit (minutes) of a job estimated at ``seconds`` on the paper's A100."""
+    return max(MIN_RUNTIME_MINUTES, math.ceil(RUNTIME_MARGIN * seconds / 60))
 
 
 @dataclass(frozen=True)
@@ -107,7 +118,7 @@ def generation_resources(config: dict[str, Any], benchmark: str, system: str, ru
     minutes = 0
     if runtime:
         seconds = images_per_job(config, benchmark) * seconds_per_image(config, system)
-        minutes = math.ceil((LOAD_MINUTES + seconds / 60) * RUNTIME_MARGIN)
+        minutes = slurm_minutes(MODEL_LOAD_S + seconds)
     return JobResources(gpu, gpu_mem, mem, minutes)
 
 
@@ -120,7 +131,7 @@ def scoring_resources(config: dict[str, Any], benchmark: str, metric: str, syste
     # network sees an image; 512 px bounds those with room for the attention maps
     gpu, gpu_mem, mem = _memory(config, parameters, config["batch_size"], SCORER_INPUT_BOUND_PX)
     images = images_per_job(config, benchmark) * config["shards"] * len(systems)
-    minutes = math.ceil((LOAD_MINUTES + images * SCORE_SECONDS_PER_IMAGE / 60) * RUNTIME_MARGIN)
+    minutes = slurm_minutes(SCORER_LOAD_S + images * SCORE_SECONDS_PER_IMAGE)
     return JobResources(gpu, gpu_mem, mem, minutes)
 
 
@@ -142,15 +153,17 @@ def output_resolution(config: dict[str, Any], system: str) -> int:
 def _own_flops(systems_key: str, name: str) -> int:
     import json
 
-    from harness.flops import _own_stages
+    from harness.flops import stage_costs
 
     config = json.loads(systems_key)
-    return sum(cost.flops for cost in _own_stages(config, name)[0])
+    return sum(cost.flops for cost in stage_costs(config, name) if cost.system == name)
 
 
 def seconds_per_image(config: dict[str, Any], system: str) -> float:
     """Estimated seconds one image of ``system``'s own stages takes on the paper's A100 (batch 4),
-    from the paper-fitted time model; a relay job's base images are made by another job."""
+    from the paper-fitted time model. A relay job's base images are made by another job, and each
+    job pays the overhead (text encoder, VAE) itself, so base + relay jobs cost one overhead more
+    than the paper's single process (CogView3: 3.13 s against the paper's 2.58 s per image)."""
     import json
 
     key = json.dumps({"systems": config["systems"]}, sort_keys=True)
@@ -177,25 +190,32 @@ def largest(jobs: list[JobResources], runtime: int) -> JobResources:
 
 
 def timecost_resources(config: dict[str, Any]) -> JobResources:
-    """The time-cost benchmark: every system in turn, one batch each (its config has full-size models)."""
-    jobs = [generation_resources(config, config["benchmarks"][0], s, runtime=False) for s in config["systems"]]
-    return largest(jobs, math.ceil(len(jobs) * LOAD_MINUTES * RUNTIME_MARGIN))
+    """The time-cost benchmark: each table row in turn, all its stages built at once (a relay's base
+    UNet beside its own), one batch each (its config has full-size models)."""
+    from harness.systems import final_systems, stage_chain
+
+    benchmark = config["benchmarks"][0]
+    rows = []
+    for row in final_systems(config):
+        stages = [generation_resources(config, benchmark, s, runtime=False) for s in stage_chain(config, row)]
+        extra = [s.gpu_mem_mb - CUDA_CONTEXT_MB for s in stages[:-1]]  # one CUDA context per process
+        rows.append(JobResources(stages[-1].gpu, stages[-1].gpu_mem_mb + sum(extra),
+                                 stages[-1].mem_mb + sum(s.mem_mb - HOST_BASE_MB for s in stages[:-1]), 0))
+    return largest(rows, slurm_minutes(len(rows) * (MODEL_LOAD_S + 300)))  # a few warm-up and timed batches each
 
 
 def scorer_speed_resources(config: dict[str, Any], metrics: list[str]) -> JobResources:
-    """The scorer-speed benchmark: each scorer and its reference package in turn."""
-    benchmark = config["benchmarks"][0]
-    jobs = [scoring_resources(config, benchmark, m, []) for m in metrics]
-    return largest(jobs, math.ceil(2 * len(jobs) * LOAD_MINUTES * RUNTIME_MARGIN))
+    """The scorer-speed benchmark: each full-size scorer and its reference package in turn, on the CPU
+    in float32 (the rule passes no --device; the CLI's default is cpu)."""
+    from harness.scorers.registry import scorer_class
+
+    largest_scorer = max(scorer_class(m).PARAMETERS for m in metrics)
+    _, _, mem = _memory(config | {"device": "cpu", "dtype": "float32"}, 2 * largest_scorer,  # ours + the reference
+                        config["batch_size"], SCORER_INPUT_BOUND_PX)
+    return JobResources(0, 0, mem, slurm_minutes(2 * len(metrics) * (SCORER_LOAD_S + 300)))
 
 
 # ---- wall time of a table on G GPUs (README "Running on a GPU node") ------------------------------
-#: reading a system's weights from local disk and moving them to the GPU (T5-XXL alone is 9.5 GB in
-#: bf16), once per generation job; a scorer's, once per scoring job
-MODEL_LOAD_S = 120
-SCORER_LOAD_S = 60
-
-
 @dataclass(frozen=True)
 class PlannedJob:
     name: str

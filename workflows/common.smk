@@ -140,9 +140,15 @@ def scoring_resources(systems):
 
 
 def benchmark_resources(estimate):
-    """The resources of a benchmark job (no wildcards), estimated once."""
-    job = estimate()
-    return declared(lambda w, timed: job)
+    """The resources of a benchmark job (no wildcards), estimated once, when a run asks for the job."""
+    done = []
+
+    def job(w, timed):
+        if not done:
+            done.append(estimate())
+        return done[0]
+
+    return declared(job)
 
 
 # ---- reports ----------------------------------------------------------------------------------------
@@ -217,17 +223,30 @@ def local_run_checks():
 def share_gpus():
     """One GPU per job on a local node: Snakemake counts `gpu` but assigns no ids, so jobs take theirs
     from the harness's pool (harness/gpus.py, OS locks), and the `gpu` resource caps them at the
-    node's count (`--resources gpu=N` to use fewer). Cluster jobs get their GPU from the scheduler."""
-    from harness.gpus import DEFAULT_LOCK_DIR, POOL_ENV, visible_gpus
+    node's count (`--resources gpu=N` to use fewer). `device: cuda:N` pins every job to GPU N: one at
+    a time. Cluster jobs get their GPU from the scheduler."""
+    from harness.gpus import POOL_ENV, lock_dir, visible_gpus
 
-    gpus = visible_gpus() if resources.uses_gpu(config) else []
-    if not gpus:
+    if not resources.uses_gpu(config):
         return
-    os.environ.setdefault(POOL_ENV, str(DEFAULT_LOCK_DIR))  # jobs inherit it
-    if "gpu" not in workflow.global_resources:
-        workflow.register_resource("gpu", len(gpus))
-    print(f"note: GPUs {','.join(gpus)}: each job that loads a model takes one of them (locks in "
-          f"{os.environ[POOL_ENV]}; `python -m harness gpus` shows who holds which)", file=sys.stderr)
+    pinned = config["device"].startswith("cuda:")
+    gpus = [] if pinned else visible_gpus()
+    if not gpus and not pinned:
+        return
+    if not pinned:
+        os.environ[POOL_ENV] = str(lock_dir())  # jobs inherit it; their rules declare HARNESS_JOB_GPUS
+    limit = 1 if pinned else len(gpus)
+    if "gpu" not in workflow.scheduler.global_resources:  # else --resources gpu=N was given
+        workflow.register_resource("gpu", limit)
+        # Snakemake copies the limits into its scheduler before onstart, and register_resource then
+        # changes only the amount free: without the limit too, running jobs never use it up.
+        workflow.scheduler.global_resources["gpu"] = limit
+    if pinned:
+        print(f"note: device {config['device']}: every job that loads a model runs on that GPU, one at a time",
+              file=sys.stderr)
+    else:
+        print(f"note: GPUs {','.join(gpus)}: each job that loads a model takes one of them (locks in "
+              f"{lock_dir()}; `python -m harness gpus` shows who holds which)", file=sys.stderr)
 
 
 # ---- the preload server (harness/preload.py) ------------------------------------------------------

@@ -18,10 +18,13 @@ rule expand_prompts:
         snapshot=SNAPSHOT,
         expansion=config["expansion"],
         run={k: config[k] for k in ("num_prompts", "data_dir")},
+    resources:
+        # a local LLM (backend transformers) runs on the configured device; the OpenAI backend needs none
+        gpu=int(config["expansion"]["backend"] == "transformers" and resources.uses_gpu(config)),
     conda:
         HARNESS_ENV
     shell:
-        "python -m harness expand --config-snapshot {params.snapshot} --benchmark {wildcards.benchmark}"
+        "HARNESS_JOB_GPUS={resources.gpu} python -m harness expand --config-snapshot {params.snapshot} --benchmark {wildcards.benchmark}"
         " > {log} 2>&1"
 
 
@@ -43,7 +46,7 @@ rule generate:
     conda:
         HARNESS_ENV
     shell:
-        "python -m harness generate --config-snapshot {params.snapshot} --threads {threads}"
+        "HARNESS_JOB_GPUS={resources.gpu} python -m harness generate --config-snapshot {params.snapshot} --threads {threads}"
         " --benchmark {wildcards.benchmark} --system {wildcards.system} --shard {params.shard} --shards {params.shards}"
         " > {log} 2>&1"
 

@@ -125,7 +125,7 @@ rule timecost:
     conda:
         HARNESS_ENV
     shell:
-        "python -m harness timecost --config-snapshot {params.snapshot} --threads {threads} --out {output} > {log} 2>&1"
+        "HARNESS_JOB_GPUS={resources.gpu} python -m harness timecost --config-snapshot {params.snapshot} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule scorer_speed:
@@ -145,5 +145,5 @@ rule scorer_speed:
     conda:
         HARNESS_ENV
     shell:
-        "python -m harness scorer-speed --config-snapshot {params.snapshot} --threads {threads} --out {output}"
+        "HARNESS_JOB_GPUS={resources.gpu} python -m harness scorer-speed --config-snapshot {params.snapshot} --threads {threads} --out {output}"
         " > {log} 2>&1"

@@ -30,6 +30,6 @@ for _group, _systems in (("", final_systems(config)),
         conda:
             HARNESS_ENV
         shell:
-            "python -m harness score --config-snapshot {params.snapshot} --threads {threads}"
+            "HARNESS_JOB_GPUS={resources.gpu} python -m harness score --config-snapshot {params.snapshot} --threads {threads}"
             " --benchmark {wildcards.benchmark} --metric {wildcards.metric} --systems {params.systems}"
             " > {log} 2>&1"

@@ -23,6 +23,15 @@ T0=$(date +%s.%N)
 log() { awk -v a="$T0" -v b="$(date +%s.%N)" -v m="$*" 'BEGIN { printf "[up.sh %5.1fs] %s\n", b - a, m }'; }
 
 [ "$(id -u)" = 0 ] || { echo "up.sh: must run as root (it installs packages and starts daemons)" >&2; exit 1; }
+# Never take over a real cluster: the configuration files must be absent or written by this script.
+for f in /etc/slurm/slurm.conf /etc/slurm/slurmdbd.conf; do
+  if [ -e "$f" ] && ! grep -q "^# Written by tests/slurm/up.sh" "$f"; then
+    echo "up.sh: $f exists and was not written by this script: this host looks like a real SLURM host," \
+         "whose configuration, controller and accounting password this test would replace. Run the test" \
+         "on a machine without SLURM (CI does), or move $f away first." >&2
+    exit 1
+  fi
+done
 
 # ---- packages ---------------------------------------------------------------------------------------
 missing=()
