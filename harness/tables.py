@@ -265,8 +265,18 @@ def render_categories(config: dict[str, Any], records: list[dict]) -> str:
 # ---- Table 3: the T_r sweep ---------------------------------------------------------------------
 
 
+def table3_row_label(config: dict[str, Any], t_r: int, system: str) -> str:
+    """Table 3's first cell: the T_r, marked where the row samples by the paper's Algorithm 1."""
+    from harness.ablations import is_paper_form
+
+    return f"{t_r} (form: paper)" if is_paper_form(config, system) else str(t_r)
+
+
 def write_table3(config: dict[str, Any], out: str | Path) -> Path:
-    from harness.ablations import tr_sweep_points
+    """The T_r sweep: one row per ``tr_sweep`` point, then the ``form: paper`` row (the paper's T_r = 500 /
+    10 steps by Algorithm 1 instead of the official closed form; :mod:`harness.ablations`). Every row
+    prints the paper's value at its T_r. The plot shows the sweep points of the source's form."""
+    from harness.ablations import is_paper_form, tr_sweep_points
     from harness.plots import plot_tr_sweep
 
     points = tr_sweep_points(config)
@@ -277,28 +287,44 @@ def write_table3(config: dict[str, Any], out: str | Path) -> Path:
     if not metrics:
         raise HarnessError("Table 3 needs a per-image metric (e.g. hpsv2 or imagereward) in the config's `metrics`")
     reader = ScoreReader(config)
-    rows, records = [], []
+    rows, records, plotted = [], [], []
+    source_form = is_paper_form(config, points[0][1])
     for t_r, system in points:
-        row: list[Cell | str] = [str(t_r), system, steps_label(config, system)]
+        row: list[Cell | str] = [table3_row_label(config, t_r, system), system, steps_label(config, system)]
         for metric in metrics:
             cell, record = metric_cell(reader, config, "table3", bench, system, metric, paper_row=t_r)
-            record["extra"] = f"t_r={t_r}"
+            record["extra"] = f"t_r={t_r}" + ("; form=paper" if is_paper_form(config, system) else "")
             records.append(record)
+            if is_paper_form(config, system) == source_form:
+                plotted.append({**record, "extra": f"t_r={t_r}"})
             row.append(cell)
         rows.append(row)
     mark_short_cells(rows)
     base = stage_chain(config, points[0][1])[0]
     table = Table(f"Table 3: relay start T_r ({BENCHMARKS[bench].title})",
                   ["T_r", "System", "Steps"] + [scorer_class(m).heading() for m in metrics], rows, records)
-    table.notes = [
-        f"Every point relays the same base-stage images (`{base}`): one base pass, {len(points)} relay runs.",
-        "Cells: mean [95% percentile-bootstrap CI over prompts] (N = prompts).",
-        "", "Relay grids:"] + [f"- {grid_note(config, s)}" for _, s in points] + ["", reader.fingerprint_note()]
+    paper_rows = [(t, s) for t, s in points if is_paper_form(config, s) != source_form]
+    sweep = len(points) - len(paper_rows)
+    runs = (f"one base pass, {sweep} relay runs" if not paper_rows else
+            f"one base pass, {sweep} relay runs for the T_r points and {len(paper_rows)} for the `form: paper` row")
+    table.notes = [f"Every point relays the same base-stage images (`{base}`): {runs}."]
+    if paper_rows:
+        table.notes += [
+            f"Row `{table3_row_label(config, *paper_rows[0])}` (`{paper_rows[0][1]}`): the same relay setting as "
+            f"T_r = {paper_rows[0][0]}, sampled by the paper's Algorithm 1 as printed (running estimate "
+            "z0^(t-1) = z0^t + (z~0 - z0^t)/t from z0^T = z^L, t the steps remaining) instead of the official "
+            "closed form (`LinearRelayEDMSampler`) of the other rows; the two agree when the denoiser's output "
+            "does not change from step to step. The plot shows the T_r points only."]
+    table.notes += [
+        "Cells: mean [95% percentile-bootstrap CI over prompts] (N = prompts); (paper x, Δ d): the paper's value "
+        "at the row's T_r.",
+        "", "Relay grids (every T_r point takes the same number of steps, from t = T_r - 1):"] + \
+        [f"- {s}: {grid_note(config, s)}" for _, s in points] + ["", reader.fingerprint_note()]
     out = Path(out)
     first_line = banner(config)
     atomic_write_text(out, render_markdown(table, first_line))
     atomic_write_text(out.with_suffix(".csv"), render_csv(table))
     atomic_write_text(out.with_suffix(".tex"), render_latex(table, first_line))
-    plot_tr_sweep(records, metrics, {m: scorer_class(m).label for m in metrics}, out.with_suffix(".png"),
+    plot_tr_sweep(plotted, metrics, {m: scorer_class(m).label for m in metrics}, out.with_suffix(".png"),
                   plot_banner(config))
     return out

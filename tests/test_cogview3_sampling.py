@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from models.cogview3.sampling import ddim_sample, relay_coefficients, relay_fractions, relay_sample
+from models.cogview3.sampling import ddim_sample, relay_coefficients, relay_fractions, relay_sample, relay_step
 from models.cogview3.schedule import relay_timesteps, sampler_sigmas, sigmas, timesteps
 
 
@@ -91,6 +91,165 @@ def test_gaussian_marginals_follow_the_blurred_forward_process(blending, delta):
     out = relay_sample(denoiser, z_lr, grid, noise, blending, 500, delta, generator=torch.Generator().manual_seed(3))
     assert checked == grid
     torch.testing.assert_close(out, z0, rtol=0, atol=1e-5)
+
+
+# ---- relay step forms: the official closed form and the paper's Algorithm 1 --------------------
+
+F64 = torch.float64
+FORM_GRIDS = [timesteps(24)[12:], relay_timesteps(500, 10), relay_timesteps(200, 2), relay_timesteps(800, 10)]
+
+
+def varying_denoiser(z_lr):
+    """A D that depends on x and t, as a real denoiser does (elementwise mul/add/tanh only)."""
+    return lambda x, t: 0.6 * x + 0.3 * torch.tanh(x) * (t / 500) + 0.1 * z_lr
+
+
+def latents(seed, dtype=torch.float32, shape=(2, 4, 8, 8)):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(shape, generator=g, dtype=dtype) for _ in range(3))
+
+
+def closed_form_loop(denoiser, z_lr, grid, noise, blending="step", t_r=None, delta=0.0, generator=None):
+    """The relay sampler as it was before relay_step (the official closed form, float32), kept verbatim
+    so that the refactored sampler is checked bit for bit."""
+    sig = sampler_sigmas(list(grid))
+    z_lr = z_lr.float()
+    x = z_lr + sig[0] * noise.float()
+    for (a, b, c, delta_t), t in zip(relay_coefficients(grid, blending, t_r, delta), grid):
+        denoised = denoiser(x, int(t)).float()
+        x = a * x + b * denoised + c * z_lr
+        if delta_t > 0:
+            x = x + delta_t * torch.stack([torch.randn(x.shape[1:], generator=g) for g in generator])
+    return x
+
+
+@pytest.mark.parametrize("blending,delta", [("step", 0.0), ("time", 0.0), ("step", 0.5), ("time", 0.3)])
+@pytest.mark.parametrize("grid", FORM_GRIDS)
+def test_official_form_is_bit_identical_to_the_closed_form_sampler(grid, blending, delta):
+    z_lr, noise, _ = latents(0)
+    den = varying_denoiser(z_lr)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (5, 6)]  # noqa: E731
+    want = closed_form_loop(den, z_lr, grid, noise, blending, 500, delta, gens())
+    got = relay_sample(den, z_lr, grid, noise, blending, 500, delta, gens())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(relay_sample(den, z_lr, grid, noise, blending, 500, delta, gens(), form="official"),
+                               want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("delta", [0.0, 0.4])
+@pytest.mark.parametrize("grid", FORM_GRIDS)
+def test_the_two_forms_agree_when_the_denoiser_is_constant(grid, delta):
+    """Constant D (the same tensor every call): Algorithm 1's running estimate is B_{(k-1)/N}(D) at every
+    step, the official closed form's target, so the trajectories agree (float64, to rounding); the fresh
+    noise of eq. 7 is the same draw in both."""
+    z_lr, noise, d = latents(1, F64)
+    traj = {}
+    for form in ("official", "paper"):
+        seen = []
+
+        def den(x, t):
+            seen.append(x)
+            return d
+
+        gens = [torch.Generator().manual_seed(s) for s in (7, 8)]
+        out = relay_sample(den, z_lr, grid, noise, "step", None, delta, gens, form=form, dtype=F64)
+        assert out.dtype == F64
+        traj[form] = seen + [out]
+    assert len(traj["paper"]) == len(grid) + 1
+    for x_official, x_paper in zip(traj["official"], traj["paper"]):
+        torch.testing.assert_close(x_paper, x_official, rtol=0, atol=1e-12)
+    torch.testing.assert_close(traj["paper"][-1], d, rtol=0, atol=1e-12)  # both end on D (a_1 = 0)
+
+
+@pytest.mark.parametrize("grid", FORM_GRIDS)
+def test_the_two_forms_differ_when_the_denoiser_changes(grid):
+    z_lr, noise, _ = latents(2, F64)
+    den = varying_denoiser(z_lr)
+    official = relay_sample(den, z_lr, grid, noise, form="official", dtype=F64)
+    paper = relay_sample(den, z_lr, grid, noise, form="paper", dtype=F64)
+    if len(grid) <= 2:
+        # The first step coincides (z0^N = z^L = B_1(D)) and the last returns D: with two steps or fewer
+        # the forms are the same sampler for any D.
+        torch.testing.assert_close(paper, official, rtol=0, atol=1e-12)
+        return
+    # D changes from step to step, and Algorithm 1 weights every past D where the closed form takes the current one
+    assert (paper - official).abs().max().item() > 1e-2
+
+
+def test_paper_form_is_algorithm_1_as_printed():
+    """An independent transcription of Algorithm 1 (t = k the steps remaining): z~0 = D(z_t, t);
+    z0^{t-1} = z0^t + (z~0 - z0^t)/t; z_{t-1} = a_t z_t + b_t z~0 + c_t z0^t + delta_t eps with
+    a_t = sqrt(sigma_{t-1}^2 - delta_t^2)/sigma_t, b_t = 1/t, c_t = (t-1)/t - a_t; and the running
+    estimate unrolled, z0^{k-1} = ((k-1)/N) z^L + (k-1) sum_{s=k..N} D_s / (s (s-1))."""
+    grid, eta = relay_timesteps(500, 10), 0.3
+    n = len(grid)
+    z_lr, noise, _ = latents(3, F64)
+    den = varying_denoiser(z_lr)
+    sig = [float(v) for v in sampler_sigmas(grid).double()]
+    eps = [torch.randn(z_lr.shape, generator=torch.Generator().manual_seed(10 + j), dtype=F64) for j in range(n)]
+
+    x, est, outputs = z_lr + sig[0] * noise, z_lr, []
+    for j, t in enumerate(grid):
+        k = n - j
+        d = den(x, t)
+        outputs.append(d)
+        delta_t = eta * sig[j + 1]
+        a = math.sqrt(sig[j + 1] ** 2 - delta_t**2) / sig[j]
+        x_next = a * x + (1 / k) * d + ((k - 1) / k - a) * est + delta_t * eps[j]
+        est = est + (d - est) / k
+        if k >= 2:  # the unrolled weights on every past output
+            unrolled = (k - 1) / n * z_lr + (k - 1) * sum(outputs[n - s] / (s * (s - 1)) for s in range(k, n + 1))
+            torch.testing.assert_close(est, unrolled, rtol=0, atol=1e-12)
+        x = x_next
+
+    xs, state = z_lr + sig[0] * noise, None
+    for j, t in enumerate(grid):
+        xs, state = relay_step(xs, den(xs, t), z_lr, j, grid, form="paper", state=state, delta=eta, noise=eps[j])
+    torch.testing.assert_close(xs, x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(state, outputs[-1], rtol=0, atol=1e-12)  # z0^0 = the last D
+
+
+@pytest.mark.parametrize("form", ["official", "paper"])
+def test_relay_step_takes_one_position_per_sample(form):
+    """The distillation targets step each sample from its own grid position: a tensor i gives, per
+    sample, exactly the int-i step (float64; float32 to rounding)."""
+    grid, delta = relay_timesteps(500, 10), 0.2
+    for dtype, tol in ((F64, 0.0), (torch.float32, 1e-6)):
+        x, z_lr, d = latents(4, dtype, shape=(4, 4, 8, 8))
+        state, noise, _ = latents(5, dtype, shape=(4, 4, 8, 8))
+        i = torch.tensor([0, 3, 9, 5])
+        st = None if form == "official" else torch.where((i == 0).reshape(-1, 1, 1, 1), z_lr, state)
+        got, got_state = relay_step(x, d, z_lr, i, grid, form=form, state=st, delta=delta, noise=noise)
+        for b in range(4):
+            one = (None if st is None else st[b:b + 1])
+            want, want_state = relay_step(x[b:b + 1], d[b:b + 1], z_lr[b:b + 1], int(i[b]), grid, form=form,
+                                          state=one, delta=delta, noise=noise[b:b + 1])
+            assert got.dtype == dtype
+            torch.testing.assert_close(got[b:b + 1], want, rtol=tol, atol=tol)
+            if form == "paper":
+                torch.testing.assert_close(got_state[b:b + 1], want_state, rtol=tol, atol=tol)
+            else:
+                assert got_state is None and want_state is None
+
+
+def test_relay_step_refuses_what_algorithm_1_does_not_define():
+    grid = relay_timesteps(500, 10)
+    x, z_lr, d = latents(6)
+    with pytest.raises(ValueError, match="blending='step'"):
+        relay_step(x, d, z_lr, 0, grid, form="paper", blending="time", t_r=500)
+    with pytest.raises(ValueError, match="needs the running estimate"):
+        relay_step(x, d, z_lr, 1, grid, form="paper")
+    with pytest.raises(ValueError, match="carries no running estimate"):
+        relay_step(x, d, z_lr, 1, grid, form="official", state=z_lr)
+    with pytest.raises(ValueError, match="pass the fresh noise"):
+        relay_step(x, d, z_lr, 0, grid, delta=0.5)
+    with pytest.raises(ValueError, match=r"0\.\.9"):
+        relay_step(x, d, z_lr, 10, grid)
+    with pytest.raises(ValueError, match="form must be"):
+        relay_step(x, d, z_lr, 0, grid, form="Paper")
+    with pytest.raises(ValueError, match="blending='step'"):
+        relay_sample(lambda x, t: x, z_lr, grid, x, "time", 500, form="paper")
 
 
 # ---- base sampler vs diffusers' DDIM ----------------------------------------------------------

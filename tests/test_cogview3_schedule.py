@@ -1,6 +1,7 @@
 """CogView3's noise schedule and timestep grids (models/cogview3/schedule.py) against docs/reference.md §8."""
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -55,6 +56,57 @@ def test_relay_grids_official_paper_and_distilled():
     assert relay_timesteps(500, 10) == [499, 449, 399, 349, 299, 249, 199, 149, 99, 49] == timesteps(20)[10:]
     assert relay_timesteps(200, 1) == [199] == timesteps(5)[4:]
     assert relay_timesteps(200, 2) == [199, 99]
-    for t_r in (200, 400, 500, 600, 800):  # Table 3 sweep: about 10 steps, all below T_r
-        grid = relay_timesteps(t_r, 10)
-        assert 9 <= len(grid) <= 10 and max(grid) < t_r
+    assert relay_timesteps(200, 8) == [199, 174, 149, 124, 99, 74, 49, 24]
+
+
+# ---- the relay grid rule: exactly `steps` steps from t = T_r - 1 (relay_timesteps docstring) --------
+
+
+def exact_rule(t_r, n):
+    """t_j = floor(999 (N - j) T_r / (1000 N)) in exact rational arithmetic."""
+    return [math.floor(Fraction(999 * (n - j) * t_r, 1000 * n)) for j in range(n)]
+
+
+def test_table3_sweep_gives_every_t_r_the_same_steps_from_t_r_minus_1():
+    sweep = {t_r: relay_timesteps(t_r, 10) for t_r in (200, 400, 500, 600, 800)}
+    assert {len(g) for g in sweep.values()} == {10}
+    assert all(g[0] == t_r - 1 for t_r, g in sweep.items())
+    assert sweep[500] == [499, 449, 399, 349, 299, 249, 199, 149, 99, 49] == timesteps(20)[10:]  # the paper's
+    assert sweep[200] == list(range(199, 0, -20)) and sweep[400] == list(range(399, 0, -40))
+    assert sweep[600] == list(range(599, 0, -60)) and sweep[800] == list(range(799, 0, -80))
+    assert 749 not in sweep[800]  # the old round(12.5)-point rule: nine steps from t = 749
+
+
+def test_relay_grid_rule_for_every_t_r():
+    for t_r in range(1, 1001):
+        for n in sorted({1, 2, 3, 10, 12, t_r // 3 + 1, t_r // 2 + 1, t_r}):
+            if n > t_r:
+                continue
+            grid = relay_timesteps(t_r, n)
+            assert len(grid) == n and grid[0] == t_r - 1, (t_r, n)
+            assert all(a > b for a, b in zip(grid, grid[1:])) and grid[-1] >= 0, (t_r, n)
+            full = Fraction(1000 * n, t_r)
+            if full.denominator == 1 and full <= 1000:
+                # an integer number of points M: the official grid's last N points, bit for bit
+                assert grid == timesteps(int(full))[int(full) - n:], (t_r, n)
+            elif n <= 12:
+                assert grid == exact_rule(t_r, n), (t_r, n)
+
+
+def test_relay_grid_matches_the_official_grids_at_t_r_500_for_every_step_count():
+    for n in range(1, 501):
+        assert relay_timesteps(500, n) == timesteps(2 * n)[n:]
+
+
+def test_halving_a_relay_grid_gives_the_grid_of_half_the_steps():
+    for t_r in (200, 300, 500, 600, 750, 800, 999, 1000):
+        for n in range(1, 33):
+            assert relay_timesteps(t_r, 2 * n)[::2] == relay_timesteps(t_r, n), (t_r, n)
+
+
+def test_more_steps_than_t_r_allows_is_an_error():
+    assert relay_timesteps(10, 10) == list(range(9, -1, -1))
+    with pytest.raises(ValueError, match="11 relay steps do not fit below t_r=10"):
+        relay_timesteps(10, 11)
+    with pytest.raises(ValueError, match="t_r must be in 1..1000"):
+        relay_timesteps(0, 1)

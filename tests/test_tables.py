@@ -122,3 +122,57 @@ def test_paper_tables_print_the_paper_value_and_the_difference(tmp_path, monkeyp
     assert all("(paper " in t3[t][m] for t in ("200", "400", "500", "600", "800")
                for m in ("HPS v2 ↑", "ImageReward ↑"))
     assert not any("(paper " in t3[t]["Aes ↑"] for t in t3)
+
+
+# ---- Table 3: the T_r sweep and its form: paper row (harness/tables.py write_table3) ---------------
+
+
+class Table3Scores:
+    """Stands in for ScoreReader: every image of a system scores a value of its own (known per row)."""
+
+    VALUES = {"cogview3-tr200": 0.1, "cogview3-tr400": 0.2, "cogview3-tr500": 0.3, "cogview3-tr600": 0.4,
+              "cogview3-tr800": 0.5, "cogview3-form-paper-tr500": 0.7}
+
+    def __init__(self, config):
+        self.config = config
+
+    def read(self, benchmark, system, metric):
+        from harness.scores import ScoreSet
+
+        return ScoreSet(False, rows=[{"prompt_id": f"p{i}", "score": self.VALUES[system]} for i in range(3)])
+
+    def fingerprint_note(self):
+        return "Scorer fingerprints: fixed"
+
+
+def test_table3_has_one_row_per_t_r_and_the_form_paper_row(tmp_path, monkeypatch):
+    from harness import plots, tables
+
+    monkeypatch.setattr(tables, "ScoreReader", Table3Scores)
+    plotted = []
+    monkeypatch.setattr(plots, "plot_tr_sweep", lambda records, *a, **k: plotted.extend(records))
+    cfg = smoke_config(tmp_path, metrics=["imagereward"])
+    text = tables.write_table3(cfg, tmp_path / "reports" / "table3.md").read_text()
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| T_r")]
+    assert [r[:3] for r in rows] == [["200", "cogview3-tr200", "50+10"], ["400", "cogview3-tr400", "50+10"],
+                                     ["500", "cogview3-tr500", "50+10"], ["600", "cogview3-tr600", "50+10"],
+                                     ["800", "cogview3-tr800", "50+10"],
+                                     ["500 (form: paper)", "cogview3-form-paper-tr500", "50+10"]]
+    assert rows[-1][3].startswith("0.700 [0.700, 0.700] (N=3)") and rows[2][3].startswith("0.300 ")
+    assert "one base pass, 5 relay runs for the T_r points and 1 for the `form: paper` row" in text
+    assert "Row `500 (form: paper)` (`cogview3-form-paper-tr500`): the same relay setting as T_r = 500" in text
+    # every grid note: the same 10 steps from t = T_r - 1; the extra row says its form
+    for t_r in (200, 400, 500, 600, 800):
+        assert f"- cogview3-tr{t_r}: T_r={t_r}: 10 steps at t={t_r - 1}, " in text
+    assert ("- cogview3-form-paper-tr500: T_r=500: 10 steps at t=499, 449, 399, 349, 299, 249, 199, 149, 99, 49; "
+            "blending by step; form: paper") in text
+    # the plot is the sweep against T_r: the extra row is not a sixth point at T_r = 500
+    assert sorted((r["extra"], round(r["mean"], 9)) for r in plotted) == [
+        ("t_r=200", 0.1), ("t_r=400", 0.2), ("t_r=500", 0.3), ("t_r=600", 0.4), ("t_r=800", 0.5)]
+    import csv
+
+    records = {r["system"]: r for r in csv.DictReader((tmp_path / "reports" / "table3.csv").open())}
+    assert float(records["cogview3-form-paper-tr500"]["mean"]) == pytest.approx(0.7)
+    assert records["cogview3-form-paper-tr500"]["extra"] == "t_r=500; form=paper"
+    assert records["cogview3-tr500"]["extra"] == "t_r=500"

@@ -11,7 +11,9 @@ Notation (docs/reference.md §3-§4; one letter per concept):
 - ``slope`` the Euler derivative (x - D) / sigma of the base sampler;
 - ``f`` the blur fraction, B_f(z) = (1 - f) z + f z^L the linear blur toward z^L;
 - ``a, b, c`` the relay coefficients on x, D and z^L; ``delta_t`` the stochastic degree of a relay step
-  (standard deviation of the fresh noise eps' it adds); ``k`` the number of relay steps remaining.
+  (standard deviation of the fresh noise eps' it adds); ``k`` the number of relay steps remaining;
+- ``form`` how a relay step forms its blurred target: ``official`` (the released sampler's closed form,
+  from the current D) or ``paper`` (Algorithm 1's running estimate z0^k, the ``state`` of :func:`relay_step`).
 
 Equation numbers are those of the paper (arXiv 2403.05121v1) as docs/reference.md §4.3 maps them:
 eqs. 4-5 the linearly blurred forward process, eqs. 6-9 the DDIM-style relay step with delta_t in
@@ -22,6 +24,7 @@ integer timestep.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import torch
@@ -115,6 +118,120 @@ def relay_coefficients(
     return out
 
 
+RELAY_FORMS = ("official", "paper")
+
+
+@functools.lru_cache(maxsize=64)
+def _coefficient_table(grid: tuple[int, ...], blending: str, t_r: int | None,
+                       delta: float | tuple[float, ...]) -> tuple[tuple[float, float, float, float], ...]:
+    return tuple(relay_coefficients(grid, blending, t_r, delta))
+
+
+def relay_step(
+    x: torch.Tensor,
+    denoised: torch.Tensor,
+    z_lr: torch.Tensor,
+    i: int | torch.Tensor,
+    timesteps: Sequence[int],
+    *,
+    form: str = "official",
+    state: torch.Tensor | None = None,
+    blending: str = "step",
+    t_r: int | None = None,
+    delta: float | Sequence[float] = 0.0,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One relay step from grid position ``i``: x_t -> x_{t-1}, in the official closed form or Algorithm 1's.
+
+    A pure function (no denoiser call, no random draw): :func:`relay_sample` loops it, and the relay
+    distillation targets (eqs. 8-9) call it for the teacher's two steps and the student's one.
+
+    Arguments:
+
+    - ``x``: the state x_t at position i of ``timesteps``, [B, C, H, W] (any shape whose first dim is the batch);
+    - ``denoised``: D = D(x_t, timesteps[i]), the denoiser's x0 prediction (Algorithm 1's z~0), shaped like x;
+    - ``z_lr``: z^L, the upsampled low-resolution latent, shaped like x;
+    - ``i``: the grid position, 0 = the first relay step (at timesteps[0], from x = z^L + sigma_0 eps);
+      an int, or a 1-D integer tensor of one position per sample (training draws a position per sample);
+    - ``timesteps``: the whole descending relay grid, e.g. ``relay_timesteps(500, 10)``; the step goes from
+      sigma = sigma(timesteps[i]) to sigma' = sigma(timesteps[i + 1]), or 0 after the last point;
+    - ``form``: ``"official"`` or ``"paper"`` (below);
+    - ``state``: ``form="paper"`` only: Algorithm 1's running estimate z0^k of the blurred target at this
+      step, shaped like x; None means z0^N = z^L, Algorithm 1's start, allowed at i = 0 only.
+      ``form="official"`` carries no state: pass None;
+    - ``blending``, ``t_r``: the blur fraction f of each step (:func:`relay_fractions`); ``form="paper"``
+      presumes f = k/N (``blending="step"``), since its 1/k update is that schedule;
+    - ``delta``: the stochastic degree delta_t of eq. 7 (:func:`relay_coefficients`: one eta, delta_t =
+      eta sigma', or one delta_t per step); 0 (the official sampler) makes the step deterministic;
+    - ``noise``: eps', unit Gaussian shaped like x, required where delta_t > 0 (ignored otherwise).
+
+    Returns ``(x_next, state_next)``: x_{t-1}, and for ``form="paper"`` the running estimate z0^{k-1} to pass
+    as ``state`` to the next step (None for ``form="official"``). Computed in x's dtype.
+
+    With k = N - i the steps remaining (Algorithm 1's t), sigma, sigma' this and the next noise level,
+    a = sqrt(sigma'^2 - delta_t^2) / sigma (a = sigma'/sigma when delta_t = 0) and B_f(z) = (1 - f) z + f z^L
+    the linear blur of eqs. 4-5:
+
+    - ``official`` (``LinearRelayEDMSampler``, the default; eqs. 6-9 with the blurred target formed from the
+      current D at every step):
+
+          x_{t-1} = B_{f'}(D) + a (x_t - B_f(D)) + delta_t eps' = a x_t + b D + c z^L + delta_t eps'
+
+      with (a, b, c) from :func:`relay_coefficients`; bit-identical to the sampler before this function.
+    - ``paper`` (Algorithm 1 literally): the running estimate and the DDIM-style update of eq. 7 around it,
+
+          z0^{k-1} = z0^k + (D - z0^k) / k,
+          x_{t-1}  = z0^{k-1} + a (x_t - z0^k) + delta_t eps'
+                   = a x_t + (1/k) D + ((k - 1)/k - a) z0^k + delta_t eps'.
+
+      At the first step (k = N, z0^N = z^L = B_1(D)) the two forms take the same step, at the last (k = 1,
+      sigma' = 0) both return D; so with N <= 2 they are one sampler. Beyond that they take identical steps
+      when D is the same tensor at every step and differ otherwise (:func:`relay_sample` derives both facts).
+    """
+    if form not in RELAY_FORMS:
+        raise ValueError(f"form must be one of {', '.join(RELAY_FORMS)}, got {form!r}")
+    if form == "paper" and blending != "step":
+        raise ValueError("form='paper' (Algorithm 1) updates its running estimate by 1/k, i.e. blur fraction k/N: "
+                         f"it needs blending='step', got {blending!r}")
+    if form == "official" and state is not None:
+        raise ValueError("form='official' carries no running estimate: pass state=None")
+    grid = tuple(int(t) for t in timesteps)
+    n = len(grid)
+    table = _coefficient_table(grid, blending, t_r, delta if isinstance(delta, (int, float)) else tuple(delta))
+    per_sample = isinstance(i, torch.Tensor)
+    positions = i.detach().to("cpu", torch.long).reshape(-1) if per_sample else torch.tensor([int(i)])
+    if per_sample and positions.numel() != x.shape[0]:
+        raise ValueError(f"i has {positions.numel()} positions for a batch of {x.shape[0]}")
+    if bool(((positions < 0) | (positions >= n)).any()):
+        raise ValueError(f"relay position i must lie in 0..{n - 1}, got {positions.tolist()}")
+
+    if per_sample:  # one row of the table per sample, as [B, 1, ..., 1] in x's dtype
+        rows = torch.tensor(table, dtype=torch.float64)[positions]
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        a, b, c, delta_t = (rows[:, m].reshape(shape).to(x.device, x.dtype) for m in range(4))
+        k = (n - positions).to(torch.float64).reshape(shape).to(x.device, x.dtype)
+        has_noise = bool((rows[:, 3] > 0).any())
+    else:
+        a, b, c, delta_t = table[int(i)]  # Python floats: the arithmetic of the sampler before relay_step
+        k = n - int(i)
+        has_noise = delta_t > 0
+    if has_noise and noise is None:
+        raise ValueError("delta_t > 0 at this step: pass the fresh noise eps' as noise")
+
+    if form == "official":
+        x_next, state_next = a * x + b * denoised + c * z_lr, None
+    else:
+        if state is None:
+            if bool((positions != 0).any()):
+                raise ValueError("form='paper' needs the running estimate (state) after the first step")
+            state = z_lr  # Algorithm 1: z0^{T} = z^L
+        state_next = state + (denoised - state) / k
+        x_next = state_next + a * (x - state)
+    if has_noise:
+        x_next = x_next + delta_t * noise
+    return x_next, state_next
+
+
 def relay_sample(
     denoiser: Denoiser,
     z_lr: torch.Tensor,
@@ -124,19 +241,25 @@ def relay_sample(
     t_r: int | None = None,
     delta: float | Sequence[float] = 0.0,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    *,
+    form: str = "official",
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Relay super-resolution from the upsampled low-resolution latent ``z_lr`` (z^L); returns the final latent.
 
     Start: x = z^L + sigma_0 * noise at the first grid timestep (no blur there: f = 1, so B_1(D) = z^L).
-    Step: x_{t-1} = a x_t + b D(x_t, t) + c z^L (+ delta_t eps'), i.e. the official closed form
+    Step: :func:`relay_step` in ``form`` (one implementation for sampling and distillation). The default,
+    ``form="official"``, is the official closed form
 
-        x_{t-1} = B_{f'}(D) + a (x_t - B_f(D)) (+ delta_t eps')
+        x_{t-1} = a x_t + b D(x_t, t) + c z^L (+ delta_t eps') = B_{f'}(D) + a (x_t - B_f(D)) (+ delta_t eps')
 
-    with the coefficients of :func:`relay_coefficients`. ``timesteps`` is the descending relay grid,
-    e.g. ``relay_timesteps(500, 12)`` = ``timesteps(24)[12:]``; ``noise`` is unit Gaussian shaped like
-    ``z_lr``; ``generator`` (one per sample, or one) draws eps' when delta_t > 0.
+    with the coefficients of :func:`relay_coefficients`; ``form="paper"`` is Algorithm 1 as printed, with its
+    running estimate of the blurred target (below). ``timesteps`` is the descending relay grid, e.g.
+    ``relay_timesteps(500, 12)`` = ``timesteps(24)[12:]``; ``noise`` is unit Gaussian shaped like ``z_lr``;
+    ``generator`` (one per sample, or one) draws eps' when delta_t > 0. Computed in ``dtype`` (float32, as
+    the official sampler; float64 for tests).
 
-    Where this follows the official code (docs/reference.md §4.3) rather than the paper's text:
+    Where the official form follows the official code (docs/reference.md §4.3) rather than the paper's text:
     B_f is formed from the *current* D at every step (below); the blur fraction defaults to the step
     counter k / N, not t / T_r (``blending``); delta_t defaults to 0; the grid starts at the first
     timestep below T_r (499 for T_r = 500).
@@ -156,19 +279,21 @@ def relay_sample(
     - D changing from step to step (the real case: D depends on x_t and t): unrolling gives, for k >= 2,
       z0^{k-1} = ((k-1)/N) z^L + (k-1) * sum_{s=k..N} D_s / (s (s-1)),
       i.e. weight (k-1)/(s (s-1)) on every past output D_s (total 1 - (k-1)/N), where the code puts
-      that whole weight on the current D_k. The trajectories then differ; both end on the last D
+      that whole weight on the current D_k. The trajectories then differ from x_{N-2} on (the first
+      step is common to both, so N <= 2 relay steps are the same in both forms); both end on the last D
       (a_1 = 0), but evaluated at different x_1. The 1/k update also presumes f = k/N; the closed
-      form takes any f, which is how ``blending="time"`` works.
+      form takes any f, which is how ``blending="time"`` works (``form="paper"`` needs ``blending="step"``).
     """
     sig = sampler_sigmas(list(timesteps))
     coeffs = relay_coefficients(timesteps, blending, t_r, delta)
-    z_lr = z_lr.float()
-    x = z_lr + sig[0] * noise.float()
-    for (a, b, c, delta_t), t in zip(coeffs, timesteps):
-        denoised = denoiser(x, int(t)).float()
-        x = a * x + b * denoised + c * z_lr
-        if delta_t > 0:
-            x = x + delta_t * _randn_like(x, generator)
+    z_lr = z_lr.to(dtype)
+    x = z_lr + sig[0] * noise.to(dtype)
+    state = None
+    for i, t in enumerate(timesteps):
+        denoised = denoiser(x, int(t)).to(dtype)
+        eps = _randn_like(x, generator) if coeffs[i][3] > 0 else None
+        x, state = relay_step(x, denoised, z_lr, i, timesteps, form=form, state=state, blending=blending, t_r=t_r,
+                              delta=delta, noise=eps)
     return x
 
 

@@ -230,9 +230,11 @@ class CogView3BaseSystem(_CogView3):
 class CogView3RelaySystem(_CogView3):
     """Stage 2: relay super-resolution of the ``input`` system's images (x2, e.g. 512 -> 1024).
 
-    ``t_r`` and ``steps`` pick the relay grid (:func:`models.cogview3.schedule.relay_timesteps`):
-    t_r 500 / 10 steps is the paper's setting (499, 449, ..., 49); t_r 500 / 12 steps the official
-    config's (24-point grid from t = 499); distilled relays use t_r 200 with 1 or 2 steps (199 / 199, 99).
+    ``t_r`` and ``steps`` pick the relay grid (:func:`models.cogview3.schedule.relay_timesteps`: exactly
+    ``steps`` timesteps from t = T_r - 1): t_r 500 / 10 steps is the paper's setting (499, 449, ..., 49);
+    t_r 500 / 12 steps the official config's (24-point grid from t = 499); distilled relays use t_r 200
+    with 1 or 2 steps (199 / 199, 99). ``form`` picks the step (:func:`models.cogview3.sampling.relay_step`):
+    ``official`` (default) the released sampler's closed form, ``paper`` Algorithm 1 as printed.
     """
 
     GUIDANCE_EMBED_DIM = RELAY_GUIDANCE_EMBED_DIM
@@ -247,6 +249,9 @@ class CogView3RelaySystem(_CogView3):
                      "doc": "blur fraction k/N by sampler step (official code) or t/T_r (paper's training)"},
         "delta": {"default": 0.0, "schema": {"type": "number", "minimum": 0, "maximum": 1},
                   "doc": "stochastic degree of eq. 7 as a fraction of sigma_(t-1); 0 = deterministic"},
+        "form": {"default": "official", "schema": {"enum": ["official", "paper"]},
+                 "doc": "relay step: the official closed form, or the paper's Algorithm 1 literally (running "
+                        "estimate z0^(t-1) = z0^t + (D - z0^t)/t from z^L; needs blending step)"},
         "scale": {"default": 2, "schema": {"type": "integer", "minimum": 2, "maximum": 2}, "doc": "upsampling factor"},
         "tile_size": {"default": None, "schema": {"type": ["integer", "null"], "minimum": 16, "multipleOf": 4},
                       "doc": "latent tile size for tiled SR (null: whole image); 128 = 1024 px"},
@@ -259,7 +264,23 @@ class CogView3RelaySystem(_CogView3):
         out = super().resolve_params(params, system_name)
         if not out["input"]:
             raise ConfigError(f"config key 'systems.{system_name}.input': a relay system needs the name of its base system")
+        if out["form"] == "paper" and out["blending"] != "step":
+            raise ConfigError(f"config key 'systems.{system_name}.form': 'paper' (Algorithm 1) updates its running "
+                              f"estimate by 1/t, the step blending k/N; it cannot run with blending "
+                              f"{out['blending']!r}: set blending: step or form: official")
+        try:
+            relay_timesteps(out["t_r"], out["steps"])
+        except ValueError as err:
+            raise ConfigError(f"config key 'systems.{system_name}.steps': {err}") from None
         return out
+
+    def fingerprint(self) -> dict[str, Any]:
+        fp = super().fingerprint()
+        # The default form leaves the key out, so results made before `form` existed keep their digests
+        # (the official form's images are bit-identical to those of the sampler before it).
+        if fp["params"].get("form") == "official":
+            fp["params"] = {k: v for k, v in fp["params"].items() if k != "form"}
+        return fp
 
     def grid(self) -> list[int]:
         return relay_timesteps(self.params["t_r"], self.params["steps"])
@@ -303,6 +324,7 @@ class CogView3RelaySystem(_CogView3):
         z = relay_sample(
             self.relay_denoiser(prompts, size, z_lr.shape[-2:]), z_lr, self.grid(), noise,
             blending=self.params["blending"], t_r=self.params["t_r"], delta=self.params["delta"], generator=gens,
+            form=self.params["form"],
         )
         return self.decode(z)
 
@@ -329,4 +351,6 @@ class CogView3RelaySystem(_CogView3):
         g = relay_timesteps(params["t_r"], params["steps"])
         tiles = (f"; tiled, {params['tile_size']}-latent tiles overlapping {params['tile_overlap']}"
                  if params["tile_size"] else "")
-        return f"T_r={params['t_r']}: {len(g)} steps at t={', '.join(map(str, g))}; blending by {params['blending']}{tiles}"
+        form = "; form: paper (Algorithm 1's running estimate)" if params["form"] == "paper" else ""
+        return (f"T_r={params['t_r']}: {len(g)} steps at t={', '.join(map(str, g))}; blending by {params['blending']}"
+                f"{form}{tiles}")
