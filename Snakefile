@@ -150,6 +150,7 @@ include: "workflows/generate.smk"
 include: "workflows/score.smk"
 include: "workflows/report.smk"
 include: "workflows/humaneval.smk"
+include: "workflows/train.smk"
 
 
 # Integrity, before any job runs: every image the reports depend on is where its manifest says with

@@ -13,6 +13,10 @@
     python -m harness validate --config config/paper.yaml
     python -m harness preflight --config config/paper.yaml
     python -m harness verify [--repair]                     (every image's sha256, every score file)
+    python -m harness train --stage relay [--train-steps N] [--out DIR]   (the relay loss, eq. 6, from data)
+    python -m harness distill --stage base --steps 25        (one distillation round: teacher -> 25-step student)
+    python -m harness distill-generate --benchmark smoke --system student-base-2step
+    python -m harness distill-report --out reports/distill.md
     python -m harness preload-server --socket /tmp/harness.sock   (started by the Snakefile for local runs)
 
 The config is read from ``--config`` (YAML; default config/config.yaml) or from the snapshot the
@@ -211,6 +215,49 @@ def cmd_verify(args) -> int:
     return EXIT_OK
 
 
+def cmd_train(args) -> None:
+    from harness.training.rounds import run_train
+
+    cfg = _config(args)
+    _threads(args.threads)
+    m = run_train(cfg, args.stage, out=args.out, init=args.init, train_steps=args.train_steps)
+    print(f"train {args.stage}: {m['steps']} steps, loss {m['loss_first']:.4g} -> {m['loss_last']:.4g}, "
+          f"{m['job_wall_s']:.1f} s -> {m['output']} (SAT checkpoint folder; metrics.json)")
+
+
+def cmd_distill(args) -> None:
+    from harness.training.rounds import run_round
+
+    cfg = _config(args)
+    _threads(args.threads)
+    m = run_round(cfg, args.stage, args.steps, out=args.out, teacher=args.teacher, teacher_steps=args.teacher_steps,
+                  train_steps=args.train_steps)
+    r = m["round"]
+    print(f"distill {args.stage} {r['teacher_steps']} -> {r['student_steps']} steps: {m['steps']} training steps, "
+          f"loss {m['loss_first']:.4g} -> {m['loss_last']:.4g}, {m['job_wall_s']:.1f} s -> {m['output']} "
+          f"(SAT checkpoint folder with w_proj; load it as `weights:` with distilled: true)")
+
+
+def cmd_distill_generate(args) -> None:
+    from harness.runner import run_generation
+    from harness.training.rounds import student_config
+
+    cfg = student_config(_config(args))
+    _threads(args.threads)
+    if args.system not in cfg["systems"]:
+        raise HarnessError(f"--system {args.system!r}: not a student of this config's distillation schedules; the "
+                           f"students are {', '.join(cfg['systems'])}")
+    summary = run_generation(cfg, args.benchmark, args.system)
+    print(f"{args.benchmark}/{args.system}: {summary.generated} generated, {summary.kept} kept -> {summary.manifest}")
+
+
+def cmd_distill_report(args) -> None:
+    from harness.training.report import write_distill_report
+
+    out = write_distill_report(_config(args), args.out)
+    print(f"wrote {out}")
+
+
 def cmd_fixtures(args) -> None:
     from harness.fixtures import write_fixtures
 
@@ -330,6 +377,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     gp = sub.add_parser("gpus", help="the node's GPU ids and which job holds each (the pool of local runs)")
     gp.set_defaults(func=cmd_gpus)
+
+    stages = ("base", "relay")
+    tr = sub.add_parser("train", help="train a CogView3 stage on its own loss from data (relay: eq. 6; base: the "
+                        "eps loss), exported as a SAT checkpoint folder")
+    tr.add_argument("--stage", required=True, choices=stages)
+    tr.add_argument("--train-steps", type=int, default=None,
+                    help="optimizer steps (default: the config's distillation.steps_per_round)")
+    tr.add_argument("--out", default=None, help="output folder (default: <results_dir>/train/<stage>)")
+    tr.add_argument("--init", default=None, help="weights to start from: a SAT folder or tiny (default: the stage "
+                    "system's weights entry)")
+    tr.set_defaults(func=cmd_train)
+
+    ds = sub.add_parser("distill", help="one round of progressive distillation: the teacher (the configured system, "
+                        "or the previous round's output) -> a student with about half the steps (resumable)")
+    ds.add_argument("--stage", required=True, choices=stages)
+    ds.add_argument("--steps", type=int, required=True, help="the student's sampling steps (a later entry of the "
+                    "config's distillation.<stage> schedule)")
+    ds.add_argument("--teacher", default=None, help="the teacher's weights instead of the schedule's: a SAT folder "
+                    "(a distilled checkpoint) or the stage system's own entry")
+    ds.add_argument("--teacher-steps", type=int, default=None, help="the teacher's sampling steps (with --teacher)")
+    ds.add_argument("--train-steps", type=int, default=None,
+                    help="optimizer steps (default: the config's distillation.steps_per_round)")
+    ds.add_argument("--out", default=None, help="output folder (default: <results_dir>/distill/<stage>/<steps>-step)")
+    ds.set_defaults(func=cmd_distill)
+
+    dg = sub.add_parser("distill-generate", help="generate with a distilled student (the final rounds of the "
+                        "schedules) into <results_dir>/distill/samples/")
+    dg.add_argument("--benchmark", required=True, help=benchmark_help)
+    dg.add_argument("--system", required=True, help="student-base-<n>step or student-<n>+<m>")
+    dg.set_defaults(func=cmd_distill_generate)
+
+    dr = sub.add_parser("distill-report", help="the distillation rounds (losses, timings) and the students' images")
+    dr.add_argument("--out", required=True)
+    dr.set_defaults(func=cmd_distill_report)
 
     fx = sub.add_parser("fixtures", help="tiny random-weight checkpoints in the upstream layouts + DIR/paper-tiny.yaml")
     fx.add_argument("--out", required=True, help="folder to write weights/, data/ and paper-tiny.yaml into")

@@ -73,9 +73,11 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     config["expansion"] = apply_defaults(config["expansion"], schema["properties"]["expansion"])
     _check_expansion(config["expansion"])
     config["humaneval"] = apply_defaults(config["humaneval"], schema["properties"]["humaneval"])
+    config["distillation"] = apply_defaults(config["distillation"], schema["properties"]["distillation"])
 
     _register_prompt_sets(config)
     _check_benchmarks(config)
+    _check_distillation(config)
     _check_inputs(config["systems"])
     _check_sweep(config)
     if config["dtype"] == "float16" and config["device"] == "cpu":
@@ -198,6 +200,28 @@ def _check_benchmarks(config: dict[str, Any]) -> None:
     for key, name in named:
         if name not in BENCHMARKS:
             raise ConfigError(f"config key '{key}': unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+
+
+def _check_distillation(config: dict[str, Any]) -> None:
+    """The ``distillation`` block (README "Training and distillation"), as far as it stands alone: its
+    benchmark is known, each schedule halves the steps round by round, the base students' grids (and
+    the relay students' where ``relay_t_r`` is given) are the grids their systems sample
+    (:func:`harness.training.schedule.check_schedule`). What depends on the systems (the teachers exist and
+    are CogView3 stages, the relay system's T_r) is checked when a training job or target needs it: every
+    config carries the default block, and one without CogView3 systems (or with another system under the
+    default names) must stay valid."""
+    from harness.prompts import BENCHMARKS
+    from harness.training.schedule import check_schedule
+
+    d = config["distillation"]
+    if d["benchmark"] not in BENCHMARKS:
+        raise ConfigError(f"config key 'distillation.benchmark': unknown benchmark {d['benchmark']!r}; known: "
+                          f"{', '.join(BENCHMARKS)}")
+    check_schedule("base", d["base"])
+    check_schedule("relay", d["relay"], d["relay_t_r"])
+    low, high = d["guidance_range"]
+    if low > high:
+        raise ConfigError(f"config key 'distillation.guidance_range': [{low}, {high}] is not [low, high]")
 
 
 def _check_expansion(exp: dict[str, Any]) -> None:

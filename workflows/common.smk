@@ -278,3 +278,131 @@ def stop_preload_server():
         except subprocess.TimeoutExpired:
             server.kill()
     os.environ.pop(SOCKET_ENV, None)
+
+
+# ---- training and distillation (workflows/train.smk; harness/training/) ---------------------------
+_STUDENT_CONFIG = []  # the students' derived config, built once
+
+
+def student_cfg():
+    from harness.training.rounds import student_config
+
+    if not _STUDENT_CONFIG:
+        _STUDENT_CONFIG.append(student_config(config))
+    return _STUDENT_CONFIG[0]
+
+
+def round_files(stage, steps):
+    """The exported SAT checkpoint of a round (what a later round or a student system reads)."""
+    from harness.training.rounds import round_outputs
+
+    out = round_outputs(config, stage, int(steps))
+    return [str(out["latest"]), str(out["state"])]
+
+
+def distill_round_inputs(w):
+    """The round's data (its stage system's images on distillation.benchmark) and its teacher (the
+    previous round's checkpoint; the first round's teacher is the system's own weights entry)."""
+    from harness.training.rounds import find_round, stage_system
+
+    rnd = find_round(config, w.stage, int(w.steps))
+    name, _ = stage_system(config, w.stage)
+    out = [manifest(config["distillation"]["benchmark"], name)]
+    if rnd.index > 1:
+        out += round_files(w.stage, rnd.teacher_steps)
+    return out
+
+
+def distill_round_params(w):
+    """What can change a round's student: the schedule up to this round, the optimizer settings, the
+    stage system (spec, weights, run settings, library versions). Not log_every, checkpoint_every or
+    keep_checkpoint: they change no weight."""
+    from types import SimpleNamespace
+
+    from harness.training.rounds import find_round, stage_system
+
+    d = config["distillation"]
+    rnd = find_round(config, w.stage, int(w.steps))
+    name, _ = stage_system(config, w.stage)
+    ignored = {"base", "relay", "log_every", "checkpoint_every", "keep_checkpoint", "base_system", "relay_system"}
+    if w.stage == "base":
+        ignored.add("relay_t_r")
+    settings = {k: v for k, v in d.items() if k not in ignored}
+    return {"schedule": d[w.stage][: rnd.index + 1], "settings": settings,
+            "system": system_params(SimpleNamespace(system=name))}
+
+
+def _training_resources(stage, steps, timed):
+    key = ("train", stage, steps, timed)
+    if key not in _ESTIMATES:
+        from harness.training.resources import training_resources as estimate
+
+        _ESTIMATES[key] = estimate(config, stage, int(steps), runtime=timed)
+    return _ESTIMATES[key]
+
+
+def training_resources():
+    return declared(lambda w, timed: _training_resources(w.stage, w.steps, timed))
+
+
+def _student_stage(w):
+    cfg = student_cfg()
+    if w.system not in cfg["systems"]:
+        raise ValueError(f"{w.system!r} is not a student of the distillation schedules (config key 'distillation'); "
+                         f"the students are {', '.join(cfg['systems'])}")
+    spec = cfg["systems"][w.system]
+    return ("relay" if spec.get("input") else "base"), spec
+
+
+def distill_generate_inputs(w):
+    """The student's round checkpoint, and for the relay student the base student's images."""
+    stage, spec = _student_stage(w)
+    out = round_files(stage, spec["steps"])
+    if spec.get("input"):
+        out.append(f"{DISTILL}/samples/{w.benchmark}/{spec['input']}/manifest.jsonl")
+    return out
+
+
+def student_params(w):
+    from models.registry import model_class
+
+    _, spec = _student_stage(w)
+    cfg = student_cfg()
+    return {"spec": spec, "weights": cfg["weights"][w.system],
+            "run": {k: cfg[k] for k in ("seed", "num_prompts", "samples_per_prompt", "dtype", "device", "batch_invariant", "data_dir")},
+            "versions": software_versions(model_class(spec["model"]).LIBRARIES, [])}
+
+
+def student_generation_resources():
+    """A student generates like its teacher system (the same architecture plus w_proj): its estimate
+    reads the teachers' weights entries (a tiny teacher's student is tiny)."""
+    from harness.training.rounds import stage_system
+
+    def estimate(w, timed):
+        key = ("generate-student", w.benchmark, w.system, timed)
+        if key not in _ESTIMATES:
+            _student_stage(w)
+            cfg = student_cfg()
+            weights = dict(cfg["weights"])
+            for s, spec in cfg["systems"].items():
+                _, teacher = stage_system(config, "relay" if spec.get("input") else "base")
+                weights[s] = config["weights"][teacher.get("weights", teacher["model"])]
+            _ESTIMATES[key] = resources.generation_resources({**cfg, "weights": weights}, w.benchmark, w.system,
+                                                             runtime=timed)
+        return _ESTIMATES[key]
+
+    return declared(estimate)
+
+
+def distill_report_inputs(w):
+    """Every round's metrics, the final students' images, and the teacher systems' images they are
+    compared with."""
+    from harness.training.rounds import round_outputs, rounds, stage_system, student_names
+
+    d = config["distillation"]
+    out = [str(round_outputs(config, stage, rnd.student_steps)["metrics"]) for stage in ("base", "relay")
+           for rnd in rounds(config, stage)]
+    names = student_names(config)
+    out += [f"{DISTILL}/samples/{d['benchmark']}/{name}/manifest.jsonl" for name in names.values()]
+    out += [manifest(d["benchmark"], stage_system(config, stage)[0]) for stage in names]
+    return out
