@@ -27,7 +27,6 @@ import hashlib
 import logging
 import math
 import os
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
+
+from harness.io import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -144,24 +145,12 @@ def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: floa
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` crash-safely: a temporary file in the same folder, fsync, then ``os.replace``.
 
-    The same protocol as :func:`harness.io.atomic_write_bytes`, streamed to the file: a checkpoint of
-    the full-size model (weights, EMA, optimizer: about 46 GB) must not be built in memory first.
+    :func:`harness.io.atomic_writer`, streamed: a checkpoint of the full-size model (weights, EMA,
+    optimizer: about 46 GB) must not be built in memory first; the folder is synced too.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_writer(path) as f:
+        torch.save(obj, f)
     try:  # the rename itself survives a power cut once the folder is synced
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
