@@ -27,6 +27,7 @@ import fcntl
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -81,6 +82,23 @@ def processes_in(workdir: str | Path, pgid: int | None = None) -> list[int]:
     return out
 
 
+def _wait_gone(pids: list[int], timeout: float = 10.0) -> None:
+    """Wait until killed processes have exited (a zombie counts as gone: it holds no locks)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                alive.append(pid)
+        if not alive:
+            return
+        time.sleep(0.05)
+
+
 def claim_run(workdir: str | Path = ".") -> list[str]:
     """Hold the run lock of ``workdir``; clean up after a dead run; returns notices.
 
@@ -115,6 +133,7 @@ def claim_run(workdir: str | Path = ".") -> list[str]:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+            _wait_gone(left)  # their locks (a generation shard's) are free once they are gone
             if left:
                 notices.append(f"stopped {len(left)} processes the killed run (pid {previous[1]}) left running")
     f.seek(0)

@@ -152,10 +152,23 @@ def test_jobs_left_running_by_a_killed_snakemake_are_stopped_by_the_rerun(refere
     workdir = tmp_path / "run"
     write_config(workdir)
     kill_when(workdir, generating(workdir), "generation", group=False)
+    # Freeze the job processes that outlived Snakemake (its process group, named in the run lock): a
+    # real generation job runs for hours, this tiny one would finish during the rerun's start-up and
+    # leave nothing to stop (the test then passed or failed by timing). Their preload children run on:
+    # they must die with their clients when the rerun stops them.
+    pgid = int((workdir / ".snakemake" / "harness-run.lock").read_text().split()[3])
+    orphans = processes_in(workdir, pgid)
+    for pid in orphans:
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
     assert processes_in(workdir), "the generation job should outlive Snakemake"
     code, out = run(workdir)
     assert code == 0, out[-4000:]
     assert "processes the killed run" in out and "stale Snakemake lock" in out
+    left = [pid for pid in processes_in(workdir) if pid in orphans]
+    assert not left, f"jobs of the killed run still alive after the rerun: {left}"
     assert table_numbers(workdir) == table_numbers(reference)
 
 
