@@ -61,6 +61,16 @@ fi
 for daemon in mariadbd munged; do
   wanted "$daemon" && stop "$daemon"
 done
+# The configuration files up.sh wrote go with the controller: a SLURM client that has a slurm.conf but no
+# controller waits ~9 s in every `scontrol` call, and Snakemake's SLURM plugin calls `scontrol show config`
+# each time snakemake starts (any executor), so a leftover file slows every later snakemake command.
+if wanted slurmctld && ! pgrep -x slurmctld >/dev/null; then
+  for f in /etc/slurm/slurm.conf /etc/slurm/slurmdbd.conf; do
+    if [ -f "$f" ] && grep -q "^# Written by tests/slurm/up.sh" "$f"; then
+      rm -f "$f" && echo "removed $f (written by up.sh)"
+    fi
+  done
+fi
 if [ "$PURGE" = 1 ]; then
   rm -rf "${STATE_DIR:?}"/slurmctld/* "${STATE_DIR:?}"/slurmd/*
   echo "purged $STATE_DIR/slurmctld and $STATE_DIR/slurmd"
