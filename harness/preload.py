@@ -27,7 +27,7 @@ from pathlib import Path
 
 SOCKET_ENV = "HARNESS_PRELOAD_SOCKET"
 #: the commands worth forking: the ones that import the heavy libraries
-COMMANDS = ("generate", "score")
+COMMANDS = ("generate", "score", "distill", "distill-generate")
 #: what the server imports before it serves (third-party only, so children see current harness code)
 PRELOAD = (
     "torch",
