@@ -141,6 +141,7 @@ def test_lint_is_clean_on_the_paper_profile(tmp_path, data_dir):
         assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # ~4 minutes on 2 cores: .ci/run runs it (the default suite's budget is 10 minutes)
 def test_smoke_dag_writes_every_report_and_a_rerun_does_nothing(tmp_path, data_dir):
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg.update(data_dir=str(data_dir), benchmarks=["drawbench"], num_prompts=2, thresholds=str(tmp_path / "t.yaml"))
