@@ -192,7 +192,8 @@ def test_the_objective_must_return_one_loss_per_sample(tmp_path):
 def test_an_exported_student_loads_as_a_distilled_system_and_generates(tmp_path, model):
     from PIL import Image
 
-    from harness.training.rounds import export_sat, tiny_sat_unet_config, with_guidance_projection
+    from harness.training.rounds import export_sat, tiny_sat_unet_config
+    from models.cogview3.training import with_guidance_projection
     from models.cogview3.unet import build_unet
     from models.registry import build_system
 

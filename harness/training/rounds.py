@@ -221,26 +221,6 @@ def load_unet_fp32(system, distilled: bool, device: torch.device):
     return load_sat_unet(system.files().root, dim, device, torch.float32)
 
 
-def with_guidance_projection(unet, dim: int):
-    """``unet`` with a guidance embedding input of ``dim`` (``w_proj`` / ``time_embedding.cond_proj``),
-    zero-initialised (spec §5), so the student starts as exactly its teacher's conditional model."""
-    from diffusers import UNet2DConditionModel
-
-    if unet.config.time_cond_proj_dim == dim:
-        return unet
-    if unet.config.time_cond_proj_dim is not None:
-        raise HarnessError(f"the UNet has a {unet.config.time_cond_proj_dim}-d guidance embedding, the student "
-                           f"needs {dim}")
-    device = next(unet.parameters()).device
-    with torch.device("meta"):
-        out = UNet2DConditionModel.from_config({**unet.config, "time_cond_proj_dim": dim})
-    state = dict(unet.state_dict())
-    state["time_embedding.cond_proj.weight"] = torch.zeros(out.time_embedding.cond_proj.weight.shape,
-                                                           dtype=torch.float32, device=device)
-    out.load_state_dict(state, strict=True, assign=True)
-    return out
-
-
 def export_sat(unet, ema: dict[str, torch.Tensor], folder: Path) -> Path:
     """Write the EMA weights in ``unet``'s architecture as a SAT folder (``latest`` last, so a folder
     with ``latest`` always holds a complete state file)."""
@@ -362,6 +342,8 @@ def _run(config, stage, out, label, system, *, kind, rnd, train_steps, progress,
     system.text_encoder = None  # T5 is done (T5-XXL is 4.7 B parameters)
     _free()
     if kind == "distill":
+        from models.cogview3.training import with_guidance_projection
+
         student = with_guidance_projection(student, system.GUIDANCE_EMBED_DIM)
     if d["gradient_checkpointing"]:
         student.enable_gradient_checkpointing()

@@ -43,7 +43,7 @@ Tensor functions (what the objectives are made of; a denoiser here is ``D(x, t) 
 - ``ddim_step``, ``base_teacher_steps``, ``base_distillation_target``, ``base_distillation_loss``;
 - ``relay_teacher_steps``, ``relay_student_step``, ``relay_distillation_loss`` (each relay step is
   :func:`models.cogview3.sampling.relay_step`, the sampler's own step, in either form);
-- ``halve_grid(grid)``, ``distillation_grids(grid, final_steps)``, ``student_from_teacher(teacher, dim)``.
+- ``halve_grid(grid)``, ``distillation_grids(grid, final_steps)``, ``student_from_teacher(teacher, dim)``, ``with_guidance_projection(unet, dim)``.
 
 Conventions (the official ``StandardDiffusionLoss.get_loss``, ``type="l2"``): a per-sample loss is the
 **mean** over C, H, W of the weighted squared error, ``mean((w * (D - target) ** 2).reshape(B, -1), 1)``.
@@ -141,22 +141,33 @@ def embed_dim(unet) -> int | None:
     return getattr(getattr(unet, "config", None), "time_cond_proj_dim", None)
 
 
+def with_guidance_projection(unet, guidance_embed_dim: int | None):
+    """``unet`` with a guidance embedding input of ``guidance_embed_dim`` (``w_proj``, diffusers
+    ``time_embedding.cond_proj``, Linear(dim, 320, bias=False)), zero-initialised (spec §5), so the result is
+    exactly ``unet``'s conditional model. A UNet that already has it (or ``None`` asked) is returned as is.
+
+    The result takes over ``unet``'s parameters (built on the meta device, weights assigned, no copy in
+    memory): do not use ``unet`` afterwards; :func:`student_from_teacher` keeps the teacher."""
+    have = embed_dim(unet)
+    if guidance_embed_dim is None or have == guidance_embed_dim:
+        return unet
+    if have is not None:
+        raise ValueError(f"the UNet has a {have}-d guidance embedding, the student needs {guidance_embed_dim}")
+    device = next(unet.parameters()).device
+    config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    with torch.device("meta"):
+        out = type(unet)(**{**config, "time_cond_proj_dim": guidance_embed_dim})
+    state = dict(unet.state_dict())
+    state["time_embedding.cond_proj.weight"] = torch.zeros(out.time_embedding.cond_proj.weight.shape,
+                                                           dtype=next(unet.parameters()).dtype, device=device)
+    out.load_state_dict(state, strict=True, assign=True)
+    return out
+
+
 def student_from_teacher(teacher, guidance_embed_dim: int | None):
-    """A student initialised from the teacher: same weights; with ``guidance_embed_dim``, a ``w_proj``
-    (diffusers ``time_embedding.cond_proj``, Linear(dim, 320, bias=False)) that is zero-initialised (spec §5), so
-    the untrained student is the teacher's conditional model. A teacher with ``w_proj`` is copied as is."""
-    have = embed_dim(teacher)
-    if guidance_embed_dim is None or have is not None:
-        if have is not None and guidance_embed_dim not in (None, have):
-            raise ValueError(f"the teacher's guidance embedding is {have}-d, not {guidance_embed_dim}-d")
-        return copy.deepcopy(teacher)
-    config = {k: v for k, v in dict(teacher.config).items() if not k.startswith("_")}
-    student = type(teacher)(**{**config, "time_cond_proj_dim": guidance_embed_dim})
-    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
-    if unexpected or set(missing) != {"time_embedding.cond_proj.weight"}:
-        raise ValueError(f"unexpected weights building the student: missing {missing}, unexpected {unexpected}")
-    torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
-    return student.to(next(teacher.parameters()).device, next(teacher.parameters()).dtype)
+    """A student initialised from the teacher: a copy of its weights with a zero ``w_proj`` when
+    ``guidance_embed_dim`` is given (:func:`with_guidance_projection`); the teacher is left untouched."""
+    return with_guidance_projection(copy.deepcopy(teacher), guidance_embed_dim)
 
 
 # ---- z^L and the noise draws -----------------------------------------------------------------------
