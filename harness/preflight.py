@@ -81,7 +81,7 @@ def check_weights(config: dict[str, Any]) -> list[EntryCheck]:
         cls = model_class(spec["model"], f"systems.{name}.model")
         for role, key in zip((None, *cls.WEIGHT_PARAMS), system_weight_keys(name, spec, weights)):
             wanted.append((key, f"systems.{name}", lambda path, key=key, role=role, cls=cls: cls.entry_files(role, key, path)))
-    for metric in config["metrics"]:
+    for metric in (m for m in config["metrics"] if scorer_class(m).NEEDS_WEIGHTS):
         wanted.append((metric, f"metrics: {metric}", lambda path, m=metric: scorer_class(m).entry_files(m, path)))
     for key, user, layout in wanted:
         entry = WeightsSpec(key, str(weights[key]))

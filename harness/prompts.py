@@ -1,4 +1,5 @@
-"""Prompt sets: DrawBench, PartiPrompts, COCO-5k (files pinned by sha256) and a built-in smoke set."""
+"""Prompt sets: DrawBench, PartiPrompts, COCO-5k (files pinned by sha256), a built-in smoke set and the micro
+world's held-out evaluation set (``micro-drawbench``, drawn in code from a fixed seed)."""
 
 from __future__ import annotations
 
@@ -167,6 +168,12 @@ def _smoke(_data_dir: Path) -> list[Prompt]:
     return [Prompt(f"s{i:02d}", text, cat) for i, (text, cat) in enumerate(SMOKE_PROMPTS)]
 
 
+def _micro_drawbench(_data_dir: Path) -> list[Prompt]:
+    from harness.micro.world import evaluation_prompts  # built in code from a fixed seed: no data file
+
+    return [Prompt(pid, text, category) for pid, text, category in evaluation_prompts()]
+
+
 def _coco_val2017_images(data_dir: Path, prompts: list[Prompt]) -> list[Path]:
     return [Path(data_dir) / "coco" / "val2017" / p.extra["file_name"] for p in prompts]
 
@@ -184,6 +191,9 @@ class Benchmark:
     references: Callable[[Path, list[Prompt]], list[Path]] | None = None
     #: the paper's tables that report this benchmark
     paper_tables: tuple[str, ...] = ()
+    #: the grammar its prompts are written in, for scorers that read captions analytically ("micro": the
+    #: micro world's, which the micro_judge and micro_exact metrics parse); None for free text
+    caption_grammar: str | None = None
 
     @property
     def has_references(self) -> bool:
@@ -195,6 +205,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("parti", "PartiPrompts", _parti, ("category", "challenge"), paper_tables=("table1",)),
     Benchmark("coco5k", "COCO-5k", _coco5k, references=_coco_val2017_images, paper_tables=("table2",)),
     Benchmark("smoke", "smoke set", _smoke, ("category",)),
+    Benchmark("micro-drawbench", "micro-DrawBench", _micro_drawbench, ("category",),
+              paper_tables=("table1", "table3"), caption_grammar="micro"),
 )}
 
 #: the prompt sets that ship with the harness; a custom set (config ``prompt_sets``) may not take their names

@@ -126,10 +126,13 @@ def scoring_resources(config: dict[str, Any], benchmark: str, metric: str, syste
     """One scoring job: ``metric`` over the images of ``systems`` on ``benchmark``, in batches."""
     from harness.scorers.registry import scorer_class
 
-    parameters = 0 if _is_tiny(config, metric) else scorer_class(metric).PARAMETERS
+    scorer = scorer_class(metric)
+    parameters = 0 if _is_tiny(config, metric) else scorer.PARAMETERS
     # scorers resize to their own input (224 px for CLIP, 299 for Inception, 384 for BLIP) before the
     # network sees an image; 512 px bounds those with room for the attention maps
     gpu, gpu_mem, mem = _memory(config, parameters, config["batch_size"], SCORER_INPUT_BOUND_PX)
+    if not scorer.NEEDS_WEIGHTS:  # analytic (the micro-world judge): no model, never a GPU
+        gpu, gpu_mem, mem = 0, 0, math.ceil(HOST_BASE_MB)
     images = images_per_job(config, benchmark) * config["shards"] * len(systems)
     minutes = slurm_minutes(SCORER_LOAD_S + images * SCORE_SECONDS_PER_IMAGE)
     return JobResources(gpu, gpu_mem, mem, minutes)

@@ -40,6 +40,8 @@ NOT_BENCHMARKED = {
     "hpsv21": "same code path as hpsv2 (another checkpoint file)",
     "clip_score": "no reference package that reads the same open_clip weights",
     "kid": "same features as fid; only the statistic differs",
+    "micro_judge": "analytic (the micro-world judge), no reference package",
+    "micro_exact": "analytic (the micro-world judge), no reference package",
 }
 ScoreFn = Callable[[Sequence[Image.Image], Sequence[str]], list[float]]
 

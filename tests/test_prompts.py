@@ -292,5 +292,5 @@ def test_bad_set_name_is_refused(tmp_path, restore_benchmarks, name):
 
 
 def test_builtin_names():
-    assert BUILTIN_BENCHMARKS == ("drawbench", "parti", "coco5k", "smoke")
+    assert BUILTIN_BENCHMARKS == ("drawbench", "parti", "coco5k", "smoke", "micro-drawbench")
     assert prompts_module.MAX_PROMPT_CHARS == 1000

@@ -13,7 +13,7 @@ from harness.expansion_report import expansion_benchmarks
 from harness.humaneval.export import EXPORT_KEYS, humaneval_systems
 from harness.preload import SOCKET_ENV
 from harness.scorer_speed import SPEED_METRICS
-from harness.scorers.registry import metric_applies, scorer_class
+from harness.scorers.registry import metric_applies, metric_weights, scorer_class
 from harness.systems import ablation_systems, final_systems, scored_systems
 from harness.tables import (table1_benchmarks, table1_metrics, table2_benchmarks, table2_metrics,
                             table3_benchmark, table3_metrics)
@@ -79,7 +79,8 @@ def software_versions(libraries, weight_keys):
 
 
 def scorer_versions(w):
-    return software_versions(scorer_class(w.metric).LIBRARIES, [w.metric])
+    scorer = scorer_class(w.metric)
+    return software_versions(scorer.LIBRARIES, [w.metric] if scorer.NEEDS_WEIGHTS else [])
 
 
 def generation_inputs(w):

@@ -21,7 +21,7 @@ for _group, _systems in (("", final_systems(config)),
             f"{LOGS}/score{_group}/{{benchmark}}/{{metric}}.log",
         params:
             snapshot=SNAPSHOT,
-            weights=lambda w: config["weights"][w.metric],
+            weights=lambda w: metric_weights(w.metric, config["weights"]),
             versions=scorer_versions,
             systems=" ".join(_systems),
         threads: 1

@@ -35,6 +35,8 @@ class Scorer(ABC):
     #: does the score depend on the prompt (alignment/preference) or on the image alone
     uses_prompt: ClassVar[bool] = True
     LIBRARIES: ClassVar[tuple[str, ...]] = ()
+    #: False for an analytic scorer built in code (the micro-world judge): config needs no ``weights:`` entry
+    NEEDS_WEIGHTS: ClassVar[bool] = True
     #: parameters of the full-size scoring network (harness/resources.py sizes the job from it)
     PARAMETERS: ClassVar[int] = 0
     #: the files the scorer reads from its weights folder, as upstream names them; a tuple entry

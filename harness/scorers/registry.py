@@ -18,6 +18,8 @@ SCORERS: dict[str, str] = {
     "imagereward": "harness.scorers.imagereward:ImageRewardScorer",
     "fid": "harness.scorers.fid:FIDScorer",
     "kid": "harness.scorers.fid:KIDScorer",
+    "micro_judge": "harness.scorers.micro_judge:MicroJudgeScorer",
+    "micro_exact": "harness.scorers.micro_judge:MicroExactScorer",
 }
 
 
@@ -32,9 +34,20 @@ def metric_applies(metric: str, benchmark: str) -> bool:
     return scorer_class(metric).applies_to(benchmark)
 
 
+def metric_weights(metric: str, weights: dict[str, str]) -> str:
+    """The ``weights:`` value ``metric`` is built from; an analytic scorer (``NEEDS_WEIGHTS`` false) is built in
+    code and needs no entry (``tiny``)."""
+    from models.base import TINY
+
+    if not scorer_class(metric).NEEDS_WEIGHTS:
+        return TINY
+    if metric not in weights:
+        raise ConfigError(f"config key 'weights.{metric}': missing; give the checkpoint path or `tiny`")
+    return str(weights[metric])
+
+
 def build_scorer(metric: str, weights: dict[str, str], device: str = "auto", dtype: str = "auto", batch_size: int = 16):
     from models.base import WeightsSpec
 
-    if metric not in weights:
-        raise ConfigError(f"config key 'weights.{metric}': missing; give the checkpoint path or `tiny`")
-    return scorer_class(metric)(WeightsSpec(metric, str(weights[metric])), device=device, dtype=dtype, batch_size=batch_size)
+    return scorer_class(metric)(WeightsSpec(metric, metric_weights(metric, weights)), device=device, dtype=dtype,
+                                batch_size=batch_size)

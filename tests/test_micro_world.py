@@ -1,0 +1,181 @@
+"""The micro world (harness/micro): its caption grammar, the held-out benchmark, the training stream, and the
+analytic judge's calibration: ground-truth renders score at the ceiling, shuffled captions at chance."""
+
+import hashlib
+import random
+from collections import defaultdict
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.micro import world
+from harness.micro.judge import SMALLEST_EXACT_SIZE, classify_shape, detect, judge
+from harness.micro.world import (
+    CATEGORIES,
+    CATEGORY_SAMPLERS,
+    EVAL_PER_CATEGORY,
+    CaptionError,
+    caption_text,
+    evaluation_prompts,
+    evaluation_scene,
+    parse,
+    render,
+    training_pair,
+)
+
+# The benchmark is its prompts: a change of grammar, seed or sampler that moves one caption makes old
+# micro-drawbench images and scores incomparable, so it must be a deliberate edit here as well.
+EVALUATION_SHA256 = "2e4147f17b44136f79af13a66ce7c4ec5e62a40923897b26a219e388fe8b94c9"
+
+
+def test_the_evaluation_set_is_fixed_held_out_and_covers_every_category():
+    rows = evaluation_prompts()
+    assert len(rows) == EVAL_PER_CATEGORY * len(CATEGORIES) >= 200
+    digest = hashlib.sha256("\n".join("\t".join(r) for r in rows).encode()).hexdigest()
+    assert digest == EVALUATION_SHA256
+    assert len({pid for pid, _, _ in rows}) == len({text for _, text, _ in rows}) == len(rows)
+    per_category = defaultdict(int)
+    for _, text, category in rows:
+        per_category[category] += 1
+        assert 1 <= parse(text).total <= world.MAX_OBJECTS
+    assert per_category == {c: EVAL_PER_CATEGORY for c in CATEGORIES}
+
+
+def test_micro_drawbench_is_a_benchmark_like_the_others():
+    from harness.prompts import benchmark, load_prompts
+
+    prompts = load_prompts("micro-drawbench", "no-data-dir-needed")
+    assert [(p.id, p.text, p.category) for p in prompts] == list(evaluation_prompts())
+    facts = benchmark("micro-drawbench")
+    assert facts.category_fields == ("category",) and facts.caption_grammar == "micro" and not facts.has_references
+    assert len(load_prompts("micro-drawbench", num_prompts=5)) == 5
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_every_caption_reads_back_as_what_it_was_written_from(category):
+    rng = random.Random(category)
+    for _ in range(200):
+        spec, style = CATEGORY_SAMPLERS[category](rng)
+        caption = caption_text(spec, rng, style)
+        assert parse(caption) == spec, caption
+        assert parse(caption.upper() + ".") == spec  # case and a final full stop are not meaning
+
+
+def test_a_caption_outside_the_grammar_is_one_error_naming_it():
+    for caption in ("a photo of a dog", "two red circle", "a red circle and a red circle",
+                    "a red circle above a red circle", "five blue squares", ""):
+        with pytest.raises(CaptionError, match="outside the micro-world grammar") as err:
+            parse(caption)
+        assert repr(caption) in str(err.value)
+
+
+def test_the_training_stream_is_a_function_of_seed_and_index_and_never_an_evaluation_caption():
+    held_out = {text for _, text, _ in evaluation_prompts()}
+    first = [training_pair(7, i) for i in range(400)]
+    assert first == [training_pair(7, i) for i in range(400)]  # any worker, any resume draws the same
+    assert first != [training_pair(8, i) for i in range(400)]
+    assert not held_out & {text for text, _ in first}
+    # every category is drawn (the rare-word and description forms are recognisable by their words)
+    texts = [text for text, _ in first]
+    assert any(t.startswith("a picture containing exactly") for t in texts)
+    assert any(w in t for t in texts for w in ("crimson", "orb", "quadrate", "trigon", "azure"))
+    # the scene is the caption's: the judge finds every clause in its render
+    assert all(judge(render(scene, 32), text).exact for text, scene in first[:100])
+
+
+@pytest.mark.parametrize("size", [SMALLEST_EXACT_SIZE, 64, 128])
+def test_ground_truth_renders_of_every_evaluation_caption_pass_the_judge(size):
+    """Calibration, ceiling: the issue asks >= 0.98; measured 1.000 (both seeds, every category) at 32, 64
+    and 128 px (and at 24; 0.92 at 16, where small triangles blur into circles)."""
+    scores, exact = defaultdict(list), []
+    for seed in (0, 1):
+        for _, caption, category in evaluation_prompts():
+            verdict = judge(render(evaluation_scene(caption, seed), size), caption)
+            scores[category].append(verdict.score)
+            exact.append(verdict.exact)
+    assert min(np.mean(v) for v in scores.values()) >= 0.98, {c: np.mean(v) for c, v in scores.items()}
+    assert np.mean(exact) >= 0.98
+
+
+def test_renders_judged_against_shuffled_captions_score_near_chance():
+    """Calibration, floor: real renders, wrong captions. Measured: mean clause score 0.199, exact 0.004."""
+    rows = evaluation_prompts()
+    captions = [text for _, text, _ in rows]
+    shuffled = captions[:]
+    random.Random(0).shuffle(shuffled)
+    verdicts = [judge(render(evaluation_scene(a, 0), 64), b) for a, b in zip(captions, shuffled) if a != b]
+    assert np.mean([v.score for v in verdicts]) < 0.3
+    assert np.mean([v.exact for v in verdicts]) < 0.02
+
+
+def test_noise_and_blank_images_satisfy_nothing():
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    blank = Image.new("RGB", (64, 64), (255, 255, 255))
+    for _, caption, _ in evaluation_prompts()[::16]:
+        assert not judge(noise, caption).exact and not judge(blank, caption).exact
+        assert judge(blank, caption).score == 0.0  # no object: no count (all >= 1) and no total holds
+
+
+def _single(shape, colour="red", size="large", x=0.5, y=0.5, background="plain"):
+    extent = np.mean(world.EXTENTS[size])
+    return world.Scene((world.SceneObject(shape, colour, size, extent, x, y),), background, 3)
+
+
+@pytest.mark.parametrize("pixels", [32, 48, 64, 96, 128])
+@pytest.mark.parametrize("background", world.BACKGROUNDS)
+def test_each_shape_colour_and_size_is_read_back(pixels, background):
+    for shape in world.SHAPES:
+        for colour in world.COLOURS:
+            for size in world.SIZES:
+                (found,) = detect(render(_single(shape, colour, size, background=background), pixels))
+                assert (found.shape, found.colour, found.size) == (shape, colour, size), (pixels, background)
+
+
+def test_the_judge_fails_the_clause_a_wrong_image_breaks():
+    caption = "a red circle to the left of a blue square"
+    right = world.Scene((world.SceneObject("circle", "red", "small", 0.2, 0.25, 0.5),
+                         world.SceneObject("square", "blue", "small", 0.2, 0.75, 0.5)))
+    assert judge(render(right, 64), caption).exact
+
+    def failing(scene):
+        return sorted(c.kind for c in judge(render(scene, 64), caption).clauses if not c.holds)
+
+    red, blue = right.objects
+    assert failing(replace(right, objects=(replace(red, x=0.75), replace(blue, x=0.25)))) == ["relation"]
+    assert failing(replace(right, objects=(red,))) == ["count", "relation", "total"]
+    assert failing(replace(right, objects=(replace(red, shape="triangle"), blue))) == ["count", "relation"]
+    assert failing(replace(right, objects=(red, replace(blue, colour="green")))) == ["count", "relation"]
+    extra = world.SceneObject("circle", "yellow", "small", 0.2, 0.5, 0.15)
+    assert failing(replace(right, objects=(red, blue, extra))) == ["total"]
+
+
+def test_shapes_are_told_apart_by_fill_and_row_skew():
+    assert classify_shape(1.0, 0.0, 1.0) == "square"
+    assert classify_shape(np.pi / 4, 0.0, 1.0) == "circle"
+    assert classify_shape(0.5, -0.566, 1.0) == "triangle"
+    assert classify_shape(0.5, 0.566, 1.0) == "unknown"  # apex down: no world shape
+    assert classify_shape(0.8, 0.0, 2.0) == "unknown"  # two objects run together
+
+
+def test_the_micro_scorers_are_registered_analytic_and_apply_only_to_micro_benchmarks(tmp_path):
+    from harness.scorers.registry import build_scorer, metric_applies, scorer_class
+    from tests.conftest import smoke_config
+
+    rows = evaluation_prompts()[:: len(evaluation_prompts()) // 8]
+    captions = [text for _, text, _ in rows]
+    images = [render(evaluation_scene(c, 0), 64) for c in captions]
+    wrong = captions[1:] + captions[:1]
+    judge_scorer = build_scorer("micro_judge", {}, "cpu", "float32", batch_size=3)  # no weights entry needed
+    exact_scorer = build_scorer("micro_exact", {}, "cpu", "float32", batch_size=3)
+    assert judge_scorer.score(images, captions) == [1.0] * len(images)
+    assert exact_scorer.score(images, captions) == [1.0] * len(images)
+    assert judge_scorer.score(images, wrong) == [judge(im, c).score for im, c in zip(images, wrong)]
+    assert exact_scorer.score(images, wrong) == [float(judge(im, c).exact) for im, c in zip(images, wrong)]
+    for metric in ("micro_judge", "micro_exact"):
+        assert scorer_class(metric).higher_is_better and not scorer_class(metric).set_metric
+        assert metric_applies(metric, "micro-drawbench") and not metric_applies(metric, "drawbench")
+    cfg = smoke_config(tmp_path, benchmarks=["micro-drawbench"], metrics=["micro_judge", "micro_exact"])
+    assert "micro_judge" not in cfg["weights"]
