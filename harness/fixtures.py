@@ -263,20 +263,26 @@ def training_corpus(data_dir: Path) -> list[str]:
     return [p.text for b in ("drawbench", "parti", "coco5k") for p in load_prompts(b, data_dir)]
 
 
-def train_spiece(corpus: Sequence[str]) -> bytes:
-    """A T5-style SentencePiece unigram model (pad 0, eos 1, unk 2, no bos), trained deterministically."""
+def train_spiece(corpus: Sequence[str], word_level: bool = False) -> bytes:
+    """A T5-style SentencePiece model (pad 0, eos 1, unk 2, no bos), trained deterministically: unigram with
+    ``T5_SPM_VOCAB`` pieces, or with ``word_level`` one piece per distinct whitespace-separated word of the
+    corpus (the micro world's small closed vocabulary)."""
     import sentencepiece as spm
 
+    if word_level:
+        kind, size = "word", len({w for line in corpus for w in line.split()}) + 3  # + pad, eos, unk
+    else:
+        kind, size = "unigram", T5_SPM_VOCAB
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus), model_writer=out, model_type="unigram", vocab_size=T5_SPM_VOCAB,
+        sentence_iterator=iter(corpus), model_writer=out, model_type=kind, vocab_size=size,
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, num_threads=1,
         input_sentence_size=0, shuffle_input_sentence=False, seed_sentencepiece_size=1_000_000, minloglevel=2,
     )
     return out.getvalue()
 
 
-def write_t5(folder: Path, corpus: Sequence[str]) -> None:
+def write_t5(folder: Path, corpus: Sequence[str], word_level: bool = False, seed: int = 400) -> None:
     """THUDM/CogVideoX-2b's T5 v1.1 XXL: ``tokenizer/`` and ``text_encoder/`` as that repo ships them.
 
     tokenizer/: ``spiece.model`` (trained here with sentencepiece on the prompt files, T5's special
@@ -284,16 +290,20 @@ def write_t5(folder: Path, corpus: Sequence[str]) -> None:
     content (T5Tokenizer, 100 ``<extra_id_N>`` sentinels, model_max_length 226) and no
     ``tokenizer.json``, so transformers 5 must convert spiece.model (which needs protobuf).
     text_encoder/: a 64-d fp16 ``T5EncoderModel`` (vocabulary = spiece + 100 sentinels) saved sharded
-    like the repo's: two ``model-0000N-of-00002.safetensors`` and ``model.safetensors.index.json``.
+    like the repo's: two ``model-0000N-of-00002.safetensors`` and ``model.safetensors.index.json``, its
+    random weights drawn from ``seed``. With ``word_level`` the spiece model has one piece per word of the
+    corpus (:func:`train_spiece`).
     """
     import torch
     from transformers import T5Config, T5EncoderModel
 
     tok = folder / "tokenizer"
     tok.mkdir(parents=True, exist_ok=True)
-    model = train_spiece(corpus)
+    model = train_spiece(corpus, word_level)
     (tok / "spiece.model").write_bytes(model)
-    vocab = T5_SPM_VOCAB
+    import sentencepiece as spm
+
+    vocab = spm.SentencePieceProcessor(model_proto=model).get_piece_size()
     extra = [f"<extra_id_{i}>" for i in range(T5_EXTRA_IDS)]
     extra_ids = {t: vocab + T5_EXTRA_IDS - 1 - i for i, t in enumerate(extra)}  # <extra_id_0> is the last id
     special = {0: "<pad>", 1: "</s>", 2: "<unk>", **{i: t for t, i in extra_ids.items()}}
@@ -311,7 +321,7 @@ def write_t5(folder: Path, corpus: Sequence[str]) -> None:
     })
     _write_json(tok / "added_tokens.json", extra_ids)
 
-    _seed(400)
+    _seed(seed)
     config = T5Config(vocab_size=vocab + T5_EXTRA_IDS, d_model=T5_D_MODEL, d_kv=16, d_ff=128, num_layers=2,
                       num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=32,
                       relative_attention_max_distance=128, feed_forward_proj="gated-gelu",

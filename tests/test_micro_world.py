@@ -179,3 +179,21 @@ def test_the_micro_scorers_are_registered_analytic_and_apply_only_to_micro_bench
         assert metric_applies(metric, "micro-drawbench") and not metric_applies(metric, "drawbench")
     cfg = smoke_config(tmp_path, benchmarks=["micro-drawbench"], metrics=["micro_judge", "micro_exact"])
     assert "micro_judge" not in cfg["weights"]
+
+
+def test_the_text_encoder_is_a_word_level_t5_that_the_cogview3_loader_reads(tmp_path):
+    import torch
+
+    from harness.micro.models import write_text_encoder
+    from models.cogview3.conditioning import T5TextEncoder
+
+    encoder = T5TextEncoder.from_folder(write_text_encoder(tmp_path / "t5"), torch.device("cpu"), torch.float32)
+    captions = [text for _, text, _ in evaluation_prompts()]
+    ids = encoder.tokenizer(captions).input_ids
+    words = {w for c in captions for w in c.split()}
+    pieces = {p.removeprefix("\u2581") for row in ids for p in encoder.tokenizer.convert_ids_to_tokens(row)}
+    assert all(2 not in row for row in ids)  # no <unk>: every word of the evaluation set is in the vocabulary
+    assert words <= pieces and all(len(row) == len(c.split()) + 1 for row, c in zip(ids, captions))  # a word a token, + </s>
+    features = encoder(captions[:3] + captions[:1])
+    assert features.shape == (4, 225, 64) and torch.equal(features[0], features[3])
+    assert (features[0] - features[1]).abs().max() > 0.01

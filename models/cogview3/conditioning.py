@@ -145,5 +145,6 @@ def load_t5_tokenizer(folder):
     return tok
 
 
-#: any real T5 vocabulary is far larger; an offline load of an incomplete folder yields a handful
-T5_MIN_VOCAB = 1000
+#: an offline load of an incomplete folder yields a handful of tokens; the 100 sentinels, 3 specials and at
+#: least 20 pieces make a T5 vocabulary (real ones hold 32,100; the micro world's word-level one about 170)
+T5_MIN_VOCAB = 100 + 3 + 20
