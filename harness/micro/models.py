@@ -1,15 +1,22 @@
 """The micro world's models in the real systems' on-disk layouts, trained by the project's own training code.
 
-This module holds what is particular to the world: its text encoder (a frozen random T5 v1.1 with a
-word-level SentencePiece vocabulary, in THUDM/CogVideoX-2b's ``tokenizer/`` + ``text_encoder/`` layout, so
-the CogView3 systems load it unchanged through :class:`models.cogview3.conditioning.T5TextEncoder`).
+This module holds what is particular to the world:
+
+- its text encoder: a frozen random T5 v1.1 with a word-level SentencePiece vocabulary, in THUDM/CogVideoX-2b's
+  ``tokenizer/`` + ``text_encoder/`` layout, so the CogView3 systems load it unchanged through
+  :class:`models.cogview3.conditioning.T5TextEncoder`;
+- its autoencoder: SDXL's VAE topology at small widths, trained by :func:`harness.training.loop.train_loop` on
+  scenes rendered on the fly from the training stream, its latent space rescaled to CogView3's 0.13025, and
+  written as ``sdxl_vae.safetensors`` (LDM keys), which :func:`models.cogview3.checkpoint.load_sdxl_vae` reads.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from harness.micro.world import training_pair
+import torch
+
+from harness.micro.world import render, training_pair
 
 #: the tokenizer's vocabulary is read off this many captions of the training stream (seed 0): every word
 #: of the grammar occurs in them (tests/test_micro_world.py checks the evaluation set encodes without <unk>)
@@ -31,3 +38,109 @@ def write_text_encoder(folder: str | Path, seed: int = TEXT_ENCODER_SEED) -> Pat
     folder = Path(folder)
     write_t5(folder, text_corpus(), word_level=True, seed=seed)
     return folder
+
+
+# ---- the autoencoder (the world's "VAE") -----------------------------------------------------------------
+
+#: SDXL's VAE topology (4 levels, 8x down, 4 latent channels, 32 norm groups as the LDM loader assumes) at
+#: the narrowest widths those groups allow, one block per level
+AUTOENCODER_WIDTHS = (32, 32, 64, 64)
+#: the objective: L1 + MSE of the reconstruction (both per pixel) + KL_WEIGHT x KL per latent element
+KL_WEIGHT = 1e-4
+#: the training stream is this many examples long (rows of the loop's data; each step draws a batch of them)
+STREAM_EXAMPLES = 100_000
+
+
+def world_autoencoder(seed: int = 0):
+    """A fresh world VAE: :data:`AUTOENCODER_WIDTHS` in SDXL's topology (scaling factor 0.13025)."""
+    from diffusers import AutoencoderKL
+
+    from models.cogview3.checkpoint import SDXL_VAE_CONFIG
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(**dict(SDXL_VAE_CONFIG, block_out_channels=AUTOENCODER_WIDTHS, layers_per_block=1))
+
+
+def render_batch(indices, size: int, seed: int):
+    """Pixels in [-1, 1], [B, 3, size, size], of training examples ``indices`` of stream ``seed``."""
+    from harness.training.data import pixels
+
+    return pixels([render(training_pair(seed, int(i))[1], size) for i in indices])
+
+
+class AutoencoderObjective:
+    """``objective(vae, batch, generator)`` of :func:`harness.training.loop.train_loop`: render the batch's
+    training scenes at ``size``, encode, draw a posterior sample from ``generator``, decode; per sample
+    L1 + MSE over pixels + ``KL_WEIGHT`` x KL over latent elements."""
+
+    def __init__(self, size: int, stream_seed: int = 0, kl_weight: float = KL_WEIGHT):
+        self.size, self.stream_seed, self.kl_weight = size, stream_seed, kl_weight
+
+    def __call__(self, vae, batch, generator):
+        x = render_batch(batch["index"].tolist(), self.size, self.stream_seed).to(batch["index"].device)
+        posterior = vae.encode(x).latent_dist
+        eps = torch.randn(posterior.mean.shape, generator=generator).to(x.device)
+        recon = vae.decode(posterior.mean + posterior.std * eps).sample
+        diff = recon - x
+        per_pixel = diff.abs().mean(dim=(1, 2, 3)) + diff.pow(2).mean(dim=(1, 2, 3))
+        kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean(dim=(1, 2, 3))
+        return per_pixel + self.kl_weight * kl
+
+    def about(self) -> dict:
+        return {"name": "AutoencoderObjective", "size": self.size, "stream_seed": self.stream_seed,
+                "kl_weight": self.kl_weight, "widths": list(AUTOENCODER_WIDTHS)}
+
+
+def calibrate_latent_scale(vae, size: int, stream_seed: int = 0, examples: int = 256) -> float:
+    """Rescale the latent space so that posterior means x 0.13025 (the scale CogView3's system applies) have
+    unit standard deviation over ``examples`` training scenes, as the diffusion schedule assumes: the encoder's
+    ``quant_conv`` mean rows are multiplied by s (log-variance rows shifted by 2 log s) and the decoder's
+    ``post_quant_conv`` input divided by s, so reconstructions do not change. Returns s."""
+    import math
+
+    from models.cogview3.system import VAE_SCALE
+
+    with torch.no_grad():
+        x = render_batch(range(examples), size, stream_seed)
+        std = float(torch.cat([vae.encode(x[i:i + 32]).latent_dist.mean for i in range(0, examples, 32)]).std())
+        s = 1.0 / (std * VAE_SCALE)
+        channels = vae.config.latent_channels
+        q = vae.quant_conv
+        q.weight[:channels] *= s
+        q.bias[:channels] *= s
+        q.bias[channels:] += 2 * math.log(s)
+        vae.post_quant_conv.weight /= s
+    return s
+
+
+def write_autoencoder(vae, path: str | Path) -> Path:
+    """``vae`` as ``sdxl_vae.safetensors`` (LDM keys, as stabilityai/sdxl-vae ships it), atomically."""
+    from safetensors.torch import save
+
+    from harness.fixtures import vae_diffusers_to_ldm
+    from harness.io import atomic_writer
+
+    path = Path(path)
+    state = vae_diffusers_to_ldm(vae.state_dict(), len(vae.config.block_out_channels))
+    with atomic_writer(path) as f:
+        f.write(save(state))
+    return path
+
+
+def train_autoencoder(out: str | Path, size: int, settings, *, stream_seed: int = 0, progress: bool = True) -> dict:
+    """Train the world VAE on ``size`` px renders with ``settings`` (a :class:`harness.training.loop.LoopSettings`;
+    resumable from ``out/.state``), calibrate its latent scale from the EMA weights and write ``out/sdxl_vae.safetensors``.
+    Returns what the run did (losses, wall time, the scale)."""
+    from harness.training.loop import ema_model, train_loop
+
+    out = Path(out)
+    vae = world_autoencoder(settings.seed)
+    objective = AutoencoderObjective(size, stream_seed)
+    data = {"index": torch.arange(STREAM_EXAMPLES)}
+    result = train_loop(vae, objective, data, settings, out / ".state", fingerprint=str(objective.about()),
+                        device="cpu", progress=progress, describe=f"world VAE {size}px")
+    trained = ema_model(vae, result.ema)
+    scale = calibrate_latent_scale(trained, size, stream_seed)
+    write_autoencoder(trained, out / "sdxl_vae.safetensors")
+    return {"objective": objective.about(), "steps": result.steps, "losses": result.losses, "latent_scale": scale,
+            "train_wall_s": result.train_wall_s}
