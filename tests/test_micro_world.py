@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from harness.micro import world
@@ -182,8 +183,6 @@ def test_the_micro_scorers_are_registered_analytic_and_apply_only_to_micro_bench
 
 
 def test_the_text_encoder_is_a_word_level_t5_that_the_cogview3_loader_reads(tmp_path):
-    import torch
-
     from harness.micro.models import write_text_encoder
     from models.cogview3.conditioning import T5TextEncoder
 
@@ -200,8 +199,6 @@ def test_the_text_encoder_is_a_word_level_t5_that_the_cogview3_loader_reads(tmp_
 
 
 def test_the_autoencoder_trains_through_the_loop_and_loads_back_as_an_sdxl_vae(tmp_path):
-    import torch
-
     from harness.micro import models
     from harness.training.loop import LoopSettings
     from models.cogview3.checkpoint import load_sdxl_vae
@@ -223,3 +220,22 @@ def test_the_autoencoder_trains_through_the_loop_and_loads_back_as_an_sdxl_vae(t
         raw.eval()
         torch.testing.assert_close(vae.decode(z).sample, raw.decode(raw.encode(x).latent_dist.mean).sample,
                                    atol=2e-4, rtol=1e-4)
+
+
+def test_world_images_encode_like_a_manifest_and_are_cached(tmp_path):
+    from harness.micro.models import world_images
+    from harness.training.data import encode_data, pixels
+    from harness.training.rounds import build_stage_system
+    from tests.conftest import smoke_config
+
+    cfg = smoke_config(tmp_path)
+    system = build_stage_system(cfg, "relay", "tiny", False, 1, "relay-init").build()
+    images = world_images(3, 64)
+    assert [r["prompt"] for r in images.rows] == [training_pair(0, i)[0] for i in range(3)]
+    assert images.rows == world_images(3, 64).rows and images.rows[0]["sha256"] != world_images(1, 128).rows[0]["sha256"]
+    assert torch.equal(pixels([images.open(images.rows[2])]), pixels([render(training_pair(0, 2)[1], 64)]))
+    data, about = encode_data(cfg, "relay", images, system, seed=0, batch_size=2, progress=False)
+    assert data["z0"].shape == (3, 4, 8, 8) and data["z_lr"].shape == (3, 4, 8, 8) and data["context"].shape[0] == 3
+    assert about["size"] == 64 and about["images"] == 3 and not about["cached"]
+    again, about = encode_data(cfg, "relay", world_images(3, 64), system, seed=0, batch_size=3, progress=False)
+    assert about["cached"] and all(torch.equal(data[k], again[k]) for k in data)

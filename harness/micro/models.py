@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from harness.micro.world import render, training_pair
+from harness.micro.world import WORLD_VERSION, render, training_pair
 
 #: the tokenizer's vocabulary is read off this many captions of the training stream (seed 0): every word
 #: of the grammar occurs in them (tests/test_micro_world.py checks the evaluation set encodes without <unk>)
@@ -144,3 +144,23 @@ def train_autoencoder(out: str | Path, size: int, settings, *, stream_seed: int 
     write_autoencoder(trained, out / "sdxl_vae.safetensors")
     return {"objective": objective.about(), "steps": result.steps, "losses": result.losses, "latent_scale": scale,
             "train_wall_s": result.train_wall_s}
+
+
+# ---- training images for the diffusion stages ------------------------------------------------------------
+
+def world_images(examples: int, size: int, stream_seed: int = 0):
+    """The first ``examples`` pairs of training stream ``stream_seed`` rendered at ``size`` px, as training images
+    (:class:`harness.training.data.TrainingImages`) for :func:`harness.training.data.encode_data`. A row's
+    ``sha256`` names its content (world version, stream, index, size), not a file: nothing is written."""
+    import hashlib
+
+    from harness.training.data import TrainingImages
+
+    rows = []
+    for index in range(examples):
+        caption, _scene = training_pair(stream_seed, index)
+        content = f"{WORLD_VERSION}|{stream_seed}|{index}|{size}"
+        rows.append({"index": index, "prompt": caption, "sha256": hashlib.sha256(content.encode()).hexdigest()})
+    return TrainingImages(f"micro-world stream {stream_seed} at {size}px", rows,
+                          lambda row: render(training_pair(stream_seed, row["index"])[1], size),
+                          {"world": WORLD_VERSION, "stream_seed": stream_seed, "size": size})

@@ -86,6 +86,8 @@ RELATION_WORDS = {"left of": "to the left of", "right of": "to the right of", "a
 
 CATEGORIES: tuple[str, ...] = ("Colors", "Shapes", "Counting", "Positional", "Composition", "Rare Words", "Descriptions")
 
+#: bump when the renderer, the grammar or the training stream changes: caches of training latents are keyed by it
+WORLD_VERSION = "micro-world/1"
 #: the evaluation set: this many prompts per category, drawn from EVAL_SEED (changing either changes the benchmark)
 EVAL_PER_CATEGORY = 32
 EVAL_SEED = 20240317

@@ -1,7 +1,8 @@
-"""Training data: latents of images the harness made, encoded with the system's own VAE and T5.
+"""Training data: latents of images, encoded with the system's own VAE and T5.
 
-The data of a stage is one system's manifest on one benchmark (config ``distillation.benchmark``):
-its PNGs and the prompts they were made from. Each row becomes
+The data of a stage is a set of images with their prompts (:class:`TrainingImages`): one system's manifest
+on one benchmark (config ``distillation.benchmark``, :func:`manifest_images`), or the micro world's training
+stream (:func:`harness.micro.models.world_images`). Each row becomes
 
 - ``z0``: the image in [-1, 1] -> VAE encode, posterior *sample* x 0.13025 (as the relay stage
   encodes its input, :meth:`models.cogview3.system.CogView3RelaySystem.encode_lr`);
@@ -20,8 +21,9 @@ and a rerun encode nothing again.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -58,6 +60,17 @@ def vae_encode(vae, x: torch.Tensor, gens: list[torch.Generator]) -> torch.Tenso
     return ((dist.mean + dist.std * eps) * VAE_SCALE).float().cpu()
 
 
+@dataclass(frozen=True)
+class TrainingImages:
+    """A stage's training images: one row per image (``prompt``, and ``sha256`` naming its content, which keys
+    the cache and seeds its posterior sample) and how to open one; ``about`` goes into the metrics file."""
+
+    name: str  # for the progress bar and messages
+    rows: list[dict]
+    open: Callable[[dict], Any]  # row -> PIL image
+    about: dict[str, Any]
+
+
 def data_rows(config: dict[str, Any], benchmark: str, system: str) -> list[dict]:
     """The finished manifest's rows of ``system`` on ``benchmark`` (the error says how to make it)."""
     from harness.manifests import read_manifest
@@ -65,32 +78,39 @@ def data_rows(config: dict[str, Any], benchmark: str, system: str) -> list[dict]
     return read_manifest(config["results_dir"], benchmark, system)
 
 
+def manifest_images(config: dict[str, Any], benchmark: str, system: str) -> TrainingImages:
+    """The images ``system`` made on ``benchmark`` (its finished manifest), with the prompts they were made from."""
+    from harness.manifests import open_row_image
+
+    rows = data_rows(config, benchmark, system)
+    if not rows:
+        raise HarnessError(f"the manifest of {benchmark}/{system} lists no images (config key "
+                           "'distillation.benchmark'): nothing to train on")
+    return TrainingImages(f"{benchmark}/{system}", rows,
+                          lambda row: open_row_image(config["results_dir"], benchmark, system, row),
+                          {"benchmark": benchmark, "system": system})
+
+
 def cache_path(config: dict[str, Any], stage: str, key: str) -> Path:
     return Path(config["results_dir"]) / ".cache" / "train-latents" / f"{stage}-{key}.pt"
 
 
 @torch.no_grad()
-def encode_data(config: dict[str, Any], stage: str, benchmark: str, data_system: str, encoder, seed: int,
+def encode_data(config: dict[str, Any], stage: str, images: TrainingImages, encoder, seed: int,
                 batch_size: int = 4, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The training tensors of ``stage`` from ``data_system``'s images on ``benchmark``, and a
-    description of them (for the metrics file). ``encoder``: a built CogView3 system whose VAE and T5
-    encode them (the stage's teacher system)."""
-    from harness.manifests import open_row_image
+    """The training tensors of ``stage`` from ``images``, and a description of them (for the metrics
+    file). ``encoder``: a built CogView3 system whose VAE and T5 encode them (the stage's teacher system)."""
     from harness.training.loop import atomic_torch_save
     from models.cogview3.conditioning import size_vector
 
-    rows = data_rows(config, benchmark, data_system)
-    if not rows:
-        raise HarnessError(f"the manifest of {benchmark}/{data_system} lists no images (config key "
-                           "'distillation.benchmark'): nothing to train on")
+    rows = images.rows
     weights = encoder.weights_fingerprint()
     components = {p: weights[encoder.params[p]] for p in encoder.WEIGHT_PARAMS}  # T5 and VAE, not the UNet
     key = digest({"version": CACHE_VERSION, "stage": stage, "images": [r["sha256"] for r in rows],
                   "prompts": [r["prompt"] for r in rows], "weights": components, "seed": seed,
                   "device": encoder.device.type, "dtype": str(encoder.dtype)})
     path = cache_path(config, stage, key)
-    about = {"benchmark": benchmark, "system": data_system, "images": len(rows), "cache": str(path),
-             "cache_key": key}
+    about = {**images.about, "images": len(rows), "cache": str(path), "cache_key": key}
     if path.is_file():
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
@@ -106,23 +126,23 @@ def encode_data(config: dict[str, Any], stage: str, benchmark: str, data_system:
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(rows), desc=f"encode {benchmark}/{data_system}", unit="img")
+        bar = tqdm(total=len(rows), desc=f"encode {images.name}", unit="img")
     sizes = set()
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        images = [open_row_image(config["results_dir"], benchmark, data_system, r) for r in chunk]
-        sizes |= {im.size for im in images}
+        opened = [images.open(r) for r in chunk]
+        sizes |= {im.size for im in opened}
         if len(sizes) > 1:
-            raise HarnessError(f"the images of {benchmark}/{data_system} have different sizes {sorted(sizes)}; "
+            raise HarnessError(f"the images of {images.name} have different sizes {sorted(sizes)}; "
                                "one size per training set")
-        x = pixels(images)
+        x = pixels(opened)
         gens = image_generators(seed, chunk)
         out["z0"].append(vae_encode(encoder.vae, x, gens))
         if stage == "relay":
             out["z_lr"].append(relay_lr(encoder.vae, x, gens))
         context = encoder.text_encoder([r["prompt"] for r in chunk])
         out["context"].append(context.cpu())
-        width, height = images[0].size
+        width, height = opened[0].size
         out["size_vec"].append(size_vector((height, width), (0, 0), (height, width), batch=len(chunk)))
         if bar:
             bar.update(len(chunk))

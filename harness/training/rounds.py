@@ -291,9 +291,9 @@ def run_train(config: dict[str, Any], stage: str, *, out: str | Path | None = No
 
 def _require_data(config: dict[str, Any], stage: str) -> None:
     """The stage's data are in place (before any model is loaded: the error comes in seconds)."""
-    from harness.training.data import data_rows
+    from harness.training.data import manifest_images
 
-    data_rows(config, config["distillation"]["benchmark"], stage_system(config, stage)[0])
+    manifest_images(config, config["distillation"]["benchmark"], stage_system(config, stage)[0])
 
 
 def _round(config, stage, student_steps, out, teacher, teacher_steps) -> Round:
@@ -328,15 +328,16 @@ def _round(config, stage, student_steps, out, teacher, teacher_steps) -> Round:
 
 
 def _run(config, stage, out, label, system, *, kind, rnd, train_steps, progress, make_objective) -> dict[str, Any]:
-    from harness.training.data import encode_data
+    from harness.training.data import encode_data, manifest_images
 
     t_start = time.perf_counter()
     out = Path(out)
     d = config["distillation"]
     settings = loop_settings(config, train_steps)
     data_system, _ = stage_system(config, stage)
-    data, about = encode_data(config, stage, d["benchmark"], data_system, system, settings.seed,
-                              batch_size=d["batch_size"], progress=progress)
+    images = manifest_images(config, d["benchmark"], data_system)
+    data, about = encode_data(config, stage, images, system, settings.seed, batch_size=d["batch_size"],
+                              progress=progress)
     device = system.device
     student = load_unet_fp32(system, system.params["distilled"], device)
     system.text_encoder = None  # T5 is done (T5-XXL is 4.7 B parameters)
