@@ -82,6 +82,15 @@ def processes_in(workdir: str | Path, pgid: int | None = None) -> list[int]:
     return out
 
 
+def send_signal(pids, sig: int) -> None:
+    """Send ``sig`` to each of ``pids``; a process already gone is skipped."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def _wait_gone(pids: list[int], timeout: float = 10.0) -> None:
     """Wait until killed processes have exited (a zombie counts as gone: it holds no locks)."""
     deadline = time.monotonic() + timeout
@@ -128,11 +137,7 @@ def claim_run(workdir: str | Path = ".") -> list[str]:
         pgid = int(previous[3])
         if pgid != os.getpgid(0):
             left = processes_in(workdir, pgid)
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            send_signal(left, signal.SIGKILL)
             _wait_gone(left)  # their locks (a generation shard's) are free once they are gone
             if left:
                 notices.append(f"stopped {len(left)} processes the killed run (pid {previous[1]}) left running")

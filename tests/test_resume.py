@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.resume import processes_in
+from harness.resume import processes_in, send_signal
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -157,12 +157,7 @@ def test_jobs_left_running_by_a_killed_snakemake_are_stopped_by_the_rerun(refere
     # leave nothing to stop (the test then passed or failed by timing). Their preload children run on:
     # they must die with their clients when the rerun stops them.
     pgid = int((workdir / ".snakemake" / "harness-run.lock").read_text().split()[3])
-    orphans = processes_in(workdir, pgid)
-    for pid in orphans:
-        try:
-            os.kill(pid, signal.SIGSTOP)
-        except ProcessLookupError:
-            pass
+    send_signal(processes_in(workdir, pgid), signal.SIGSTOP)
     assert processes_in(workdir), "the generation job should outlive Snakemake"
     code, out = run(workdir)
     assert code == 0, out[-4000:]
