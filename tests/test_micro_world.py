@@ -205,8 +205,10 @@ def test_the_autoencoder_trains_through_the_loop_and_loads_back_as_an_sdxl_vae(t
     from models.cogview3.system import VAE_SCALE
 
     settings = LoopSettings(steps=3, batch_size=2, lr=1e-3, ema_decay=0.5, log_every=1)
-    about = models.train_autoencoder(tmp_path / "vae", 32, settings, progress=False)
-    assert len(about["losses"]) == 3 and all(np.isfinite(about["losses"]))
+    about = models.train_autoencoder(tmp_path / "vae", 32, settings, crop=16, progress=False)
+    assert len(about["losses"]) == 3 and all(np.isfinite(about["losses"])) and about["objective"]["crop"] == 16
+    with pytest.raises(ValueError, match="crop must be a multiple of 8 from 8 to the render size 32, got 20"):
+        models.AutoencoderObjective(32, 20)
     vae = load_sdxl_vae(tmp_path / "vae" / "sdxl_vae.safetensors", torch.float32).eval()
     assert tuple(vae.config.block_out_channels) == models.AUTOENCODER_WIDTHS
     x = models.render_batch(range(64), 32, 0)

@@ -70,14 +70,23 @@ def render_batch(indices, size: int, seed: int):
 
 class AutoencoderObjective:
     """``objective(vae, batch, generator)`` of :func:`harness.training.loop.train_loop`: render the batch's
-    training scenes at ``size``, encode, draw a posterior sample from ``generator``, decode; per sample
-    L1 + MSE over pixels + ``KL_WEIGHT`` x KL over latent elements."""
+    training scenes at ``size``, cut a random ``crop`` x ``crop`` window of each (the VAE is convolutional:
+    a window at the target scale teaches it that scale at a fraction of the cost; measured 4x cheaper per
+    sample at 32 of 64 px), encode, draw a posterior sample from ``generator``, decode; per sample L1 + MSE
+    over pixels + ``KL_WEIGHT`` x KL over latent elements."""
 
-    def __init__(self, size: int, stream_seed: int = 0, kl_weight: float = KL_WEIGHT):
-        self.size, self.stream_seed, self.kl_weight = size, stream_seed, kl_weight
+    def __init__(self, size: int, crop: int | None = None, stream_seed: int = 0, kl_weight: float = KL_WEIGHT):
+        crop = size if crop is None else crop
+        if crop % 8 or not 8 <= crop <= size:
+            raise ValueError(f"crop must be a multiple of 8 from 8 to the render size {size}, got {crop}")
+        self.size, self.crop, self.stream_seed, self.kl_weight = size, crop, stream_seed, kl_weight
 
     def __call__(self, vae, batch, generator):
-        x = render_batch(batch["index"].tolist(), self.size, self.stream_seed).to(batch["index"].device)
+        x = render_batch(batch["index"].tolist(), self.size, self.stream_seed)
+        if self.crop < self.size:
+            corners = torch.randint(0, self.size - self.crop + 1, (len(x), 2), generator=generator).tolist()
+            x = torch.stack([xi[:, y:y + self.crop, x0:x0 + self.crop] for xi, (y, x0) in zip(x, corners)])
+        x = x.to(batch["index"].device)
         posterior = vae.encode(x).latent_dist
         eps = torch.randn(posterior.mean.shape, generator=generator).to(x.device)
         recon = vae.decode(posterior.mean + posterior.std * eps).sample
@@ -87,7 +96,7 @@ class AutoencoderObjective:
         return per_pixel + self.kl_weight * kl
 
     def about(self) -> dict:
-        return {"name": "AutoencoderObjective", "size": self.size, "stream_seed": self.stream_seed,
+        return {"name": "AutoencoderObjective", "size": self.size, "crop": self.crop, "stream_seed": self.stream_seed,
                 "kl_weight": self.kl_weight, "widths": list(AUTOENCODER_WIDTHS)}
 
 
@@ -127,15 +136,16 @@ def write_autoencoder(vae, path: str | Path) -> Path:
     return path
 
 
-def train_autoencoder(out: str | Path, size: int, settings, *, stream_seed: int = 0, progress: bool = True) -> dict:
-    """Train the world VAE on ``size`` px renders with ``settings`` (a :class:`harness.training.loop.LoopSettings`;
+def train_autoencoder(out: str | Path, size: int, settings, *, crop: int | None = None, stream_seed: int = 0,
+                      progress: bool = True) -> dict:
+    """Train the world VAE on ``crop`` px windows of ``size`` px renders with ``settings`` (a :class:`harness.training.loop.LoopSettings`;
     resumable from ``out/.state``), calibrate its latent scale from the EMA weights and write ``out/sdxl_vae.safetensors``.
     Returns what the run did (losses, wall time, the scale)."""
     from harness.training.loop import ema_model, train_loop
 
     out = Path(out)
     vae = world_autoencoder(settings.seed)
-    objective = AutoencoderObjective(size, stream_seed)
+    objective = AutoencoderObjective(size, crop, stream_seed)
     data = {"index": torch.arange(STREAM_EXAMPLES)}
     result = train_loop(vae, objective, data, settings, out / ".state", fingerprint=str(objective.about()),
                         device="cpu", progress=progress, describe=f"world VAE {size}px")
