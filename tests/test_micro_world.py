@@ -198,6 +198,20 @@ def test_the_text_encoder_is_a_word_level_t5_that_the_cogview3_loader_reads(tmp_
     assert (features[0] - features[1]).abs().max() > 0.01
 
 
+def test_the_autoencoder_loss_weights_object_pixels_over_every_background():
+    from harness.micro.models import OBJECT_PIXEL_BELOW, OBJECT_WEIGHT, reconstruction_weights
+    from harness.training.data import pixels
+
+    for background in world.BACKGROUNDS:
+        scene = _single("triangle", "yellow", "large", background=background)
+        weights = reconstruction_weights(pixels([render(scene, 64)]))[0, 0]
+        darkest = np.asarray(render(replace(scene, background="plain"), 64)).min(axis=2) / 255 * 2 - 1
+        covered = darkest < OBJECT_PIXEL_BELOW  # the object's own pixels, found without the background
+        ratio = weights.max() / weights.min()
+        assert float(ratio) == pytest.approx(OBJECT_WEIGHT) and float(weights.mean()) == pytest.approx(1.0)
+        assert np.array_equal((weights > weights.min()).numpy(), covered), background
+
+
 def test_the_autoencoder_trains_through_the_loop_and_loads_back_as_an_sdxl_vae(tmp_path):
     from harness.micro import models
     from harness.training.loop import LoopSettings

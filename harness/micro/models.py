@@ -45,8 +45,14 @@ def write_text_encoder(folder: str | Path, seed: int = TEXT_ENCODER_SEED) -> Pat
 #: SDXL's VAE topology (4 levels, 8x down, 4 latent channels, 32 norm groups as the LDM loader assumes) at
 #: the narrowest widths those groups allow, one block per level
 AUTOENCODER_WIDTHS = (32, 32, 64, 64)
-#: the objective: L1 + MSE of the reconstruction (both per pixel) + KL_WEIGHT x KL per latent element
-KL_WEIGHT = 1e-4
+#: the objective: L1 + MSE of the reconstruction (per pixel, object pixels weighted OBJECT_WEIGHT) + KL_WEIGHT x
+#: KL per latent element. Objects cover about a tenth of a scene: unweighted, the background wins the loss and
+#: colours drift (measured, 1,000 steps of 16 crops: judge on reconstructions 0.51; weighted x10, 1,500 steps: 0.80)
+KL_WEIGHT = 1e-6
+OBJECT_WEIGHT = 10.0
+#: a pixel whose darkest channel is below this (in [-1, 1]; about 191 of 255) is an object's: backgrounds stay
+#: at 228 and above in every channel, palette colours have a channel at 0
+OBJECT_PIXEL_BELOW = 0.5
 #: the training stream is this many examples long (rows of the loop's data; each step draws a batch of them)
 STREAM_EXAMPLES = 100_000
 
@@ -68,12 +74,19 @@ def render_batch(indices, size: int, seed: int):
     return pixels([render(training_pair(seed, int(i))[1], size) for i in indices])
 
 
+def reconstruction_weights(x: torch.Tensor) -> torch.Tensor:
+    """[B, 1, H, W] pixel weights of pixels ``x`` in [-1, 1]: ``OBJECT_WEIGHT`` on object pixels, 1 elsewhere,
+    scaled to mean 1 per sample (so the loss keeps its scale whatever a scene's object area)."""
+    weight = 1.0 + (OBJECT_WEIGHT - 1.0) * (x.min(dim=1, keepdim=True).values < OBJECT_PIXEL_BELOW).to(x)
+    return weight / weight.mean(dim=(1, 2, 3), keepdim=True)
+
+
 class AutoencoderObjective:
     """``objective(vae, batch, generator)`` of :func:`harness.training.loop.train_loop`: render the batch's
     training scenes at ``size``, cut a random ``crop`` x ``crop`` window of each (the VAE is convolutional:
     a window at the target scale teaches it that scale at a fraction of the cost; measured 4x cheaper per
     sample at 32 of 64 px), encode, draw a posterior sample from ``generator``, decode; per sample L1 + MSE
-    over pixels + ``KL_WEIGHT`` x KL over latent elements."""
+    over pixels (object pixels weighted ``OBJECT_WEIGHT``) + ``KL_WEIGHT`` x KL over latent elements."""
 
     def __init__(self, size: int, crop: int | None = None, stream_seed: int = 0, kl_weight: float = KL_WEIGHT):
         crop = size if crop is None else crop
@@ -91,13 +104,14 @@ class AutoencoderObjective:
         eps = torch.randn(posterior.mean.shape, generator=generator).to(x.device)
         recon = vae.decode(posterior.mean + posterior.std * eps).sample
         diff = recon - x
-        per_pixel = diff.abs().mean(dim=(1, 2, 3)) + diff.pow(2).mean(dim=(1, 2, 3))
+        weight = reconstruction_weights(x)
+        per_pixel = (weight * diff.abs()).mean(dim=(1, 2, 3)) + (weight * diff.pow(2)).mean(dim=(1, 2, 3))
         kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean(dim=(1, 2, 3))
         return per_pixel + self.kl_weight * kl
 
     def about(self) -> dict:
         return {"name": "AutoencoderObjective", "size": self.size, "crop": self.crop, "stream_seed": self.stream_seed,
-                "kl_weight": self.kl_weight, "widths": list(AUTOENCODER_WIDTHS)}
+                "kl_weight": self.kl_weight, "object_weight": OBJECT_WEIGHT, "widths": list(AUTOENCODER_WIDTHS)}
 
 
 def calibrate_latent_scale(vae, size: int, stream_seed: int = 0, examples: int = 256) -> float:
