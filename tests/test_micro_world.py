@@ -212,7 +212,7 @@ def test_the_autoencoder_loss_weights_object_pixels_over_every_background():
         assert np.array_equal((weights > weights.min()).numpy(), covered), background
 
 
-def test_the_autoencoder_trains_through_the_loop_and_loads_back_as_an_sdxl_vae(tmp_path):
+def test_the_autoencoder_trains_through_the_loop_and_loads_back_as_an_sdxl_vae_folder(tmp_path):
     from harness.micro import models
     from harness.training.loop import LoopSettings
     from models.cogview3.checkpoint import load_sdxl_vae
@@ -223,8 +223,9 @@ def test_the_autoencoder_trains_through_the_loop_and_loads_back_as_an_sdxl_vae(t
     assert len(about["losses"]) == 3 and all(np.isfinite(about["losses"])) and about["objective"]["crop"] == 16
     with pytest.raises(ValueError, match="crop must be a multiple of 8 from 8 to the render size 32, got 20"):
         models.AutoencoderObjective(32, 20)
-    vae = load_sdxl_vae(tmp_path / "vae" / "sdxl_vae.safetensors", torch.float32).eval()
+    vae = load_sdxl_vae(tmp_path / "vae" / "vae", torch.float32).eval()
     assert tuple(vae.config.block_out_channels) == models.AUTOENCODER_WIDTHS
+    assert vae.config.norm_num_groups == models.AUTOENCODER_GROUPS and not list((tmp_path / "vae").glob(".vae*"))
     x = models.render_batch(range(64), 32, 0)
     with torch.no_grad():
         z = vae.encode(x).latent_dist.mean
