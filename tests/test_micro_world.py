@@ -256,3 +256,22 @@ def test_world_images_encode_like_a_manifest_and_are_cached(tmp_path):
     assert about["size"] == 64 and about["images"] == 3 and not about["cached"]
     again, about = encode_data(cfg, "relay", world_images(3, 64), system, seed=0, batch_size=3, progress=False)
     assert about["cached"] and all(torch.equal(data[k], again[k]) for k in data)
+
+
+def test_a_stage_trains_from_scratch_on_world_images_and_generates_through_its_system(tmp_path):
+    import json
+
+    from harness.micro.models import world_images, write_initial_unet
+    from harness.training.rounds import build_stage_system, run_train
+    from tests.conftest import smoke_config
+
+    cfg = smoke_config(tmp_path, distillation={"text_dropout": 0.5, "batch_size": 2})
+    init = write_initial_unet(tmp_path / "init", seed=0, text_dim=32)  # the smoke systems' tiny T5 is 32 wide
+    metrics = run_train(cfg, "base", out=tmp_path / "base", init=str(init), train_steps=2,
+                        images=world_images(4, 64), progress=False)
+    assert metrics["objective"] == {"name": "BaseObjective", "offset_noise": 0.05, "text_dropout": 0.5}
+    assert metrics["data"]["world"] == world.WORLD_VERSION and metrics["data"]["images"] == 4
+    assert json.loads((tmp_path / "base" / "metrics.json").read_text())["steps"] == 2
+    system = build_stage_system(cfg, "base", str(tmp_path / "base"), False, 2, "trained").build()
+    (image,) = system.generate([training_pair(0, 0)[0]], [0])
+    assert image.size == (64, 64)

@@ -328,7 +328,7 @@ def test_train_fits_the_relay_loss_and_exports_an_undistilled_checkpoint(teacher
     assert cli("train", "--config-snapshot", snap, "--stage", "relay", "--train-steps", "1",
                "--out", str(tmp_path / "relay")) == 0
     metrics = json.loads((tmp_path / "relay" / "metrics.json").read_text())
-    assert metrics["objective"] == {"name": "RelayObjective", "offset_noise": 0.05, "t_r": 500}
+    assert metrics["objective"] == {"name": "RelayObjective", "offset_noise": 0.05, "text_dropout": 0.0, "t_r": 500}
     assert metrics["distilled"] is False and metrics["round"] is None
     state = read_sat_state_dict(sat_state_file(tmp_path / "relay"))
     assert SAT_PREFIX + "w_proj.weight" not in state

@@ -201,3 +201,19 @@ def world_images(examples: int, size: int, stream_seed: int = 0):
     return TrainingImages(f"micro-world stream {stream_seed} at {size}px", rows,
                           lambda row: render(training_pair(stream_seed, row["index"])[1], size),
                           {"world": WORLD_VERSION, "stream_seed": stream_seed, "size": size})
+
+
+# ---- the diffusion stages ----------------------------------------------------------------------------------
+
+
+def write_initial_unet(folder: str | Path, seed: int, text_dim: int) -> Path:
+    """A freshly initialised UNet in CogView3's topology at the scale the training jobs use for tiny teachers
+    (:func:`harness.training.rounds.tiny_sat_unet_config`: 64/64/128 channels, the official 64-d heads, cross-
+    attention over ``text_dim``-wide T5 states), written as a SAT folder: the ``init`` a micro-world stage
+    trains from (:func:`harness.training.rounds.run_train` with ``images=world_images(...)``)."""
+    from harness.training.rounds import export_sat, tiny_sat_unet_config
+    from models.cogview3.unet import build_unet
+
+    unet = build_unet(tiny_sat_unet_config(None, text_dim), seed=seed)
+    export_sat(unet, unet.state_dict(), Path(folder))
+    return Path(folder)

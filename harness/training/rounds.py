@@ -271,9 +271,11 @@ def run_round(config: dict[str, Any], stage: str, student_steps: int, *, out: st
 
 
 def run_train(config: dict[str, Any], stage: str, *, out: str | Path | None = None, init: str | None = None,
-              train_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+              train_steps: int | None = None, progress: bool = True, images=None) -> dict[str, Any]:
     """Train a stage on its own loss from data (the relay loss of eq. 6, or the base loss), starting
-    from the stage system's weights (or ``init``, a weights value); exported like a round."""
+    from the stage system's weights (or ``init``, a weights value); exported like a round. The data are the
+    stage system's images on ``distillation.benchmark``, or ``images`` (a
+    :class:`harness.training.data.TrainingImages`, e.g. the micro world's stream)."""
     name, spec = stage_system(config, stage)
     key = spec.get("weights", spec["model"])
     weights = str(init if init is not None else config["weights"][key])
@@ -282,11 +284,13 @@ def run_train(config: dict[str, Any], stage: str, *, out: str | Path | None = No
     if init is not None and init not in ("tiny", "random") and not Path(os.path.expandvars(init)).expanduser().exists():
         raise HarnessError(f"--init: {init} does not exist; give a SAT checkpoint folder (latest + <iteration>/"
                            "mp_rank_00_model_states.pt), tiny, or leave it out for the stage system's weights")
-    _require_data(config, stage)
+    if images is None:
+        _require_data(config, stage)
     system = build_stage_system(config, stage, weights, distilled, spec.get("steps") or 1, f"{stage}-init").build()
     use_sat_compatible_tiny_unet(system)
     return _run(config, stage, out, f"train {stage}", system, kind="train", rnd=None, train_steps=train_steps,
-                progress=progress, make_objective=lambda student: train_objective(config, stage, system))
+                progress=progress, make_objective=lambda student: train_objective(config, stage, system),
+                images=images)
 
 
 def _require_data(config: dict[str, Any], stage: str) -> None:
@@ -327,7 +331,8 @@ def _round(config, stage, student_steps, out, teacher, teacher_steps) -> Round:
     return rnd
 
 
-def _run(config, stage, out, label, system, *, kind, rnd, train_steps, progress, make_objective) -> dict[str, Any]:
+def _run(config, stage, out, label, system, *, kind, rnd, train_steps, progress, make_objective,
+         images=None) -> dict[str, Any]:
     from harness.training.data import encode_data, manifest_images
 
     t_start = time.perf_counter()
@@ -335,7 +340,8 @@ def _run(config, stage, out, label, system, *, kind, rnd, train_steps, progress,
     d = config["distillation"]
     settings = loop_settings(config, train_steps)
     data_system, _ = stage_system(config, stage)
-    images = manifest_images(config, d["benchmark"], data_system)
+    if images is None:
+        images = manifest_images(config, d["benchmark"], data_system)
     data, about = encode_data(config, stage, images, system, settings.seed, batch_size=d["batch_size"],
                               progress=progress)
     device = system.device
@@ -425,11 +431,13 @@ def distill_objective(config: dict[str, Any], stage: str, rnd: Round, teacher_sy
 
 def train_objective(config: dict[str, Any], stage: str, system):
     """(objective, description) of ``train``: the relay loss of eq. 6 (``RelayObjective``, t < 500 as the
-    official relay config) or the base eps loss (``BaseObjective``), both with offset noise 0.05."""
+    official relay config) or the base eps loss (``BaseObjective``), both with offset noise 0.05 and text
+    states zeroed with probability ``distillation.text_dropout``."""
     from models.cogview3 import training as T
 
-    objective = T.RelayObjective() if stage == "relay" else T.BaseObjective()
-    about = {"name": type(objective).__name__, "offset_noise": objective.offset_noise}
+    dropout = float(config["distillation"]["text_dropout"])
+    objective = T.RelayObjective(text_dropout=dropout) if stage == "relay" else T.BaseObjective(text_dropout=dropout)
+    about = {"name": type(objective).__name__, "offset_noise": objective.offset_noise, "text_dropout": dropout}
     if stage == "relay":
         about["t_r"] = objective.t_r
     return objective, about
