@@ -143,7 +143,8 @@ def coverage(pixels: np.ndarray, colour: np.ndarray, background: np.ndarray) -> 
     return np.clip(c, 0.0, 1.0)
 
 
-def _features(rgb: np.ndarray, labels: np.ndarray, component: np.ndarray, index: int) -> tuple[float, float, float, float, float, float]:
+def _features(rgb: np.ndarray, labels: np.ndarray, component: np.ndarray,
+              index: int) -> tuple[float, float, float, float, float, float]:
     """(area, width, height, skew, centre x, centre y) of one component, in pixels, from soft coverage.
 
     The hard mask keeps pixels at least half covered, and a half-covered pixel at a circle's pole or a

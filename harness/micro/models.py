@@ -6,8 +6,11 @@ This module holds what is particular to the world:
   ``tokenizer/`` + ``text_encoder/`` layout, so the CogView3 systems load it unchanged through
   :class:`models.cogview3.conditioning.T5TextEncoder`;
 - its autoencoder: SDXL's VAE topology at small widths, trained by :func:`harness.training.loop.train_loop` on
-  scenes rendered on the fly from the training stream, its latent space rescaled to CogView3's 0.13025, and
-  written as ``sdxl_vae.safetensors`` (LDM keys), which :func:`models.cogview3.checkpoint.load_sdxl_vae` reads.
+  crops of scenes rendered on the fly from the training stream, its latent space rescaled to CogView3's
+  0.13025, and written as a diffusers ``AutoencoderKL`` folder, which
+  :func:`models.cogview3.checkpoint.load_sdxl_vae` reads;
+- its training images (:func:`world_images`) and the fresh UNet a stage trains from (:func:`write_initial_unet`);
+  the stages themselves train through :func:`harness.training.rounds.run_train` like any other.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ STREAM_EXAMPLES = 100_000
 
 
 def world_autoencoder(seed: int = 0):
-    """A fresh world VAE: :data:`AUTOENCODER_WIDTHS` in SDXL's topology (scaling factor 0.13025)."""
+    """A fresh world VAE: SDXL's topology at :data:`AUTOENCODER_WIDTHS` with :data:`AUTOENCODER_GROUPS` norm groups."""
     from diffusers import AutoencoderKL
 
     from models.cogview3.checkpoint import SDXL_VAE_CONFIG
@@ -164,10 +167,10 @@ def write_autoencoder(vae, folder: str | Path) -> Path:
 
 def train_autoencoder(out: str | Path, size: int, settings, *, crop: int | None = None, stream_seed: int = 0,
                       progress: bool = True) -> dict:
-    """Train the world VAE on ``crop`` px windows of ``size`` px renders with ``settings`` (a :class:`harness.training.loop.LoopSettings`;
-    resumable from ``out/.state``), calibrate its latent scale from the EMA weights and write it to ``out/vae``
-    (the config's ``weights.sdxl-vae``).
-    Returns what the run did (losses, wall time, the scale)."""
+    """Train the world VAE on ``crop`` px windows of ``size`` px renders with ``settings`` (a
+    :class:`harness.training.loop.LoopSettings`; resumable from ``out/.state``), calibrate its latent scale from
+    the EMA weights and write it to ``out/vae`` (the config's ``weights.sdxl-vae``). Returns what the run did
+    (losses, wall time, the scale)."""
     from harness.training.loop import ema_model, train_loop
 
     out = Path(out)
