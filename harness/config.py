@@ -60,7 +60,7 @@ def apply_defaults(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Return the config with defaults filled in, or raise :class:`ConfigError` naming the bad key."""
-    from harness.scorers.registry import SCORERS, scorer_class
+    from harness.scorers.registry import SCORERS, metric_weights
     from models.registry import model_class, system_weight_keys
 
     if not isinstance(config, dict):
@@ -99,10 +99,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     for i, metric in enumerate(config["metrics"]):
         if metric not in SCORERS:
             raise ConfigError(f"config key 'metrics.{i}': unknown metric {metric!r}; known: {', '.join(sorted(SCORERS))}")
-        if metric not in config["weights"] and scorer_class(metric).NEEDS_WEIGHTS:
-            raise ConfigError(
-                f"config key 'weights.{metric}': missing; metric {metric!r} needs its checkpoint path or `tiny`"
-            )
+        metric_weights(metric, config["weights"])  # the metric's entry, unless it needs none
     return config
 
 

@@ -127,11 +127,12 @@ def scoring_resources(config: dict[str, Any], benchmark: str, metric: str, syste
     from harness.scorers.registry import scorer_class
 
     scorer = scorer_class(metric)
-    parameters = 0 if _is_tiny(config, metric) else scorer.PARAMETERS
-    # scorers resize to their own input (224 px for CLIP, 299 for Inception, 384 for BLIP) before the
-    # network sees an image; 512 px bounds those with room for the attention maps
-    gpu, gpu_mem, mem = _memory(config, parameters, config["batch_size"], SCORER_INPUT_BOUND_PX)
-    if not scorer.NEEDS_WEIGHTS:  # analytic (the micro-world judge): no model, never a GPU
+    if scorer.NEEDS_WEIGHTS:
+        parameters = 0 if _is_tiny(config, metric) else scorer.PARAMETERS
+        # scorers resize to their own input (224 px for CLIP, 299 for Inception, 384 for BLIP) before the
+        # network sees an image; 512 px bounds those with room for the attention maps
+        gpu, gpu_mem, mem = _memory(config, parameters, config["batch_size"], SCORER_INPUT_BOUND_PX)
+    else:  # analytic (the micro-world judge): no model, never a GPU
         gpu, gpu_mem, mem = 0, 0, math.ceil(HOST_BASE_MB)
     images = images_per_job(config, benchmark) * config["shards"] * len(systems)
     minutes = slurm_minutes(SCORER_LOAD_S + images * SCORE_SECONDS_PER_IMAGE)

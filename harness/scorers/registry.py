@@ -42,7 +42,7 @@ def metric_weights(metric: str, weights: dict[str, str]) -> str:
     if not scorer_class(metric).NEEDS_WEIGHTS:
         return TINY
     if metric not in weights:
-        raise ConfigError(f"config key 'weights.{metric}': missing; give the checkpoint path or `tiny`")
+        raise ConfigError(f"config key 'weights.{metric}': missing; metric {metric!r} needs its checkpoint path or `tiny`")
     return str(weights[metric])
 
 
