@@ -98,11 +98,11 @@ def run_scoring(config: dict[str, Any], benchmark: str, systems: str | list[str]
 def _run_set_metric(config, benchmark, manifests, metric, scorer, fingerprint, fp_digest) -> list[Path]:
     """FID/KID: each system's image set against the benchmark's reference images (features of both
     cached on disk by extractor and image bytes)."""
-    from harness.prompts import load_prompts, reference_images
+    from harness.prompts import load_prompts
 
     results_dir = config["results_dir"]
-    ref_paths = reference_images(benchmark, config["data_dir"], load_prompts(benchmark, config["data_dir"], config["num_prompts"]))
-    real = scorer.reference_features(ref_paths, Path(results_dir) / ".cache" / "features")
+    prompts = load_prompts(benchmark, config["data_dir"], config["num_prompts"])
+    real, n_reference = scorer.reference_set(config, benchmark, prompts, Path(results_dir) / ".cache" / "features")
     outs = []
     for system, rows in manifests.items():
         # Streamed (one batch of decoded images at a time) and cached by image bytes: FID and KID
@@ -115,7 +115,7 @@ def _run_set_metric(config, benchmark, manifests, metric, scorer, fingerprint, f
             "metric": metric, "benchmark": benchmark, "system": system, "kind": "set",
             "system_fingerprint": sorted({r["system_fingerprint"] for r in rows}),
             "scorer_digest": fp_digest, "scorer_fingerprint": fingerprint,
-            "n": len(rows), "images": images_digest_of(rows), "n_reference": len(ref_paths), **result,
+            "n": len(rows), "images": images_digest_of(rows), "n_reference": n_reference, **result,
         })
         outs.append(out)
     return outs

@@ -148,6 +148,14 @@ class _SetScorer(Scorer):
     def preprocessing(self) -> str:
         return PREPROCESSING
 
+    def reference_set(self, config, benchmark: str, prompts, cache_dir: Path) -> tuple[torch.Tensor, int]:
+        """Features of the benchmark's reference images for ``prompts`` (COCO-5k: their val2017 images), and
+        how many there are."""
+        from harness.prompts import reference_images
+
+        paths = reference_images(benchmark, config["data_dir"], prompts)
+        return self.reference_features(paths, cache_dir), len(paths)
+
     def reference_features(self, paths: list[Path], cache_dir: Path) -> torch.Tensor:
         """Features of the reference images, cached under ``cache_dir`` by their content."""
         h = hashlib.sha256()
