@@ -182,7 +182,7 @@ def _check_unit(config, benchmark, system, rehash: bool, result: CheckResult,
     result.hashed += cache.hashed
     cache.save()
 
-    if is_stage(spec):
+    if is_stage(config, system):
         return rows
     for metric in config["metrics"]:
         if not metric_applies(metric, benchmark):
@@ -236,7 +236,7 @@ def check(config: dict[str, Any], rehash: bool = False, scorer_versions: bool = 
         if rows is not None and system in readers:
             rows_of[(benchmark, system)] = rows_by_key(rows)
     if scorer_versions:
-        _check_scorer_versions(config, result, [u for u in units if not is_stage(config["systems"][u[1]])])
+        _check_scorer_versions(config, result, [u for u in units if not is_stage(config, u[1])])
     return result
 
 

@@ -24,14 +24,17 @@ def stage_chain(config: dict[str, Any], name: str) -> list[str]:
     return input_chain(config["systems"], name)
 
 
-def is_stage(spec: dict[str, Any]) -> bool:
-    """An intermediate stage (e.g. CogView3's 512 px base): it feeds another system and is no row."""
-    return model_class(spec["model"]).IS_STAGE
+def is_stage(config: dict[str, Any], name: str) -> bool:
+    """An intermediate stage (e.g. CogView3's 512 px base): a model that can feed another system
+    (``IS_STAGE``) and does here; it is no row. The same model read by no system is a row of its own
+    (the micro world's single-stage baseline is a base-stage model at the high resolution)."""
+    systems = config["systems"]
+    return model_class(systems[name]["model"]).IS_STAGE and any(s.get("input") == name for s in systems.values())
 
 
 def scored_systems(config: dict[str, Any]) -> list[str]:
     """Every system whose images are scored: table rows and ablation systems, in config order."""
-    return [name for name, spec in config["systems"].items() if not is_stage(spec)]
+    return [name for name in config["systems"] if not is_stage(config, name)]
 
 
 def final_systems(config: dict[str, Any]) -> list[str]:
@@ -54,6 +57,15 @@ def steps_label(config: dict[str, Any], name: str) -> str:
     """The paper's "Steps" column: one number per stage of the chain, e.g. ``50+10``."""
     return "+".join(model_class(config["systems"][s]["model"]).steps_label(params(config, s))
                     for s in stage_chain(config, name))
+
+
+def unet_calls(config: dict[str, Any], name: str) -> int:
+    """Denoiser network evaluations per image over the row's stages (steps, x2 under CFG; a Stable
+    Cascade row counts its prior and decoder): the cost the Steps column does not show."""
+    total = 0
+    for stage in stage_chain(config, name):
+        total += sum(n for n, _ in model_class(config["systems"][stage]["model"]).unet_calls(params(config, stage)))
+    return total
 
 
 def grid_note(config: dict[str, Any], name: str) -> str:

@@ -22,7 +22,7 @@ from harness.render import Cell, Table, banner, mark_short_cells, plot_banner, r
 from harness.scorers.registry import scorer_class
 from harness.scores import ScoreReader
 from harness.stats import Estimate, bootstrap_mean, paired_bootstrap, per_prompt_means
-from harness.systems import final_systems, grid_note, stage_chain, steps_label
+from harness.systems import final_systems, grid_note, stage_chain, steps_label, unet_calls
 
 CELL_NOTE = ("Cells: mean [95% percentile-bootstrap CI over prompts] (N = prompts); samples of a prompt are averaged "
              "first; (paper x, Δ d) where the paper's value is entered in harness/paper_values.yaml. Set metrics "
@@ -39,7 +39,9 @@ def image_metrics(config: dict[str, Any]) -> list[str]:
 
 
 def table1_metrics(config: dict[str, Any]) -> list[str]:
-    return image_metrics(config)
+    """Per-image metrics, then set metrics (a set metric shows only where it applies to a Table 1
+    benchmark: the micro world's distance, not FID/KID, whose benchmarks are Table 2's)."""
+    return image_metrics(config) + [m for m in config["metrics"] if scorer_class(m).set_metric]
 
 
 def table2_metrics(config: dict[str, Any]) -> list[str]:
@@ -115,7 +117,7 @@ def time_cost_cell(config: dict[str, Any], benchmarks: list[str], system: str) -
 
 def paper_table(config: dict[str, Any], table_key: str, title: str, groups: list[str],
                 metrics: list[str]) -> tuple[Table, ScoreReader]:
-    header = ["Model", "Steps", "Time cost (paper)"]
+    header = ["Model", "Steps", "UNet calls", "Time cost (paper)"]
     for b in groups:
         header += [f"{BENCHMARKS[b].title} {scorer_class(m).heading()}" for m in metrics if scorer_class(m).applies_to(b)]
     reader = ScoreReader(config)
@@ -123,7 +125,7 @@ def paper_table(config: dict[str, Any], table_key: str, title: str, groups: list
     for system in final_systems(config):
         cost, device = time_cost_cell(config, [b for b in groups if b in config["benchmarks"]], system)
         devices.add(device)
-        row: list[Cell | str] = [system, steps_label(config, system), cost]
+        row: list[Cell | str] = [system, steps_label(config, system), str(unet_calls(config, system)), cost]
         for b in groups:
             for metric in metrics:
                 if not scorer_class(metric).applies_to(b):
@@ -138,7 +140,8 @@ def paper_table(config: dict[str, Any], table_key: str, title: str, groups: list
     short = mark_short_cells(rows)
     notes = [
         CELL_NOTE,
-        "Steps of a multi-stage system are per stage (base+relay); stages that only feed another system are not rows.",
+        "Steps of a multi-stage system are per stage (base+relay); stages that only feed another system are not rows. "
+        "UNet calls: denoiser evaluations per image over all stages (x2 per step under CFG; distilled: x1).",
         f"Time cost: mean generation wall time per image x 4 from the manifests, on {', '.join(sorted(devices))}; "
         "the paper's figure (one A100, batch 4) in brackets. This is not the paper's timing protocol: "
         "`reports/timecost.md` is.",
@@ -186,9 +189,11 @@ def paired_section(config: dict[str, Any], reader: ScoreReader, groups: list[str
 def write_paper_table(config: dict[str, Any], out: str | Path, table_key: str) -> Path:
     """Table 1 or 2 as .md (with paired differences), .csv, .tex, and Table 1's per-category files."""
     if table_key == "table1":
-        groups, metrics, title = table1_benchmarks(config), table1_metrics(config), "Table 1: DrawBench and PartiPrompts"
+        groups, metrics, title = table1_benchmarks(config), table1_metrics(config), "Table 1"
     else:
-        groups, metrics, title = table2_benchmarks(config), table2_metrics(config), "Table 2: COCO-5k"
+        groups, metrics, title = table2_benchmarks(config), table2_metrics(config), "Table 2"
+    # titled by the benchmarks it covers here (the paper's: DrawBench and PartiPrompts; COCO-5k)
+    title += ": " + " and ".join(BENCHMARKS[b].title for b in groups if b in config["benchmarks"])
     table, reader = paper_table(config, table_key, title, groups, metrics)
     paired, paired_records = paired_section(config, reader, groups, metrics)
     table.notes += paired + ["", reader.fingerprint_note()]

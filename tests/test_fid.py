@@ -79,11 +79,11 @@ def test_fid_and_kid_of_a_system_match_torchmetrics_end_to_end(tmp_path, data_di
 
     cfg["metrics"] = ["fid", "kid"]
     t2 = write_table2(cfg, tmp_path / "reports" / "table2.md").read_text().splitlines()
-    assert t2[0] == BANNERS["smoke"] and "| Model | Steps | Time cost (paper) | COCO-5k FID ↓ | COCO-5k KID ↓ |" == t2[4]
+    assert t2[0] == BANNERS["smoke"] and "| Model | Steps | UNet calls | Time cost (paper) | COCO-5k FID ↓ | COCO-5k KID ↓ |" == t2[4]
     row = next(line for line in t2 if line.startswith("| sdxl |")).split(" | ")
     # the paper's Table 2 FID of sdxl (26.29) is printed beside ours with the difference
-    assert row[3] == f"{fid['value']:.4f} (N={n}) (paper 26.290, Δ {fid['value'] - 26.29:+.3f})"
-    assert row[4].startswith(f"{kid['value']:.4f} ± ")
+    assert row[4] == f"{fid['value']:.4f} (N={n}) (paper 26.290, Δ {fid['value'] - 26.29:+.3f})"
+    assert row[5].startswith(f"{kid['value']:.4f} ± ")
 
     cached = sorted(p.name.split("-")[2] for p in (tmp_path / "results" / ".cache" / "features").glob("features-*.pt"))
     assert len(cached) == 2 and cached[1] == "ref"  # one pass over the images and one over the references, for FID and KID

@@ -171,23 +171,27 @@ def test_smoke_dag_writes_every_report_and_a_rerun_does_nothing(tmp_path, data_d
     table = (tmp_path / "reports" / "table1.md").read_text().splitlines()
     assert table[0] == BANNERS["smoke"]
     header = next(line for line in table if line.startswith("| Model"))
-    assert ("| Model | Steps | Time cost (paper) | DrawBench Aes ↑ | DrawBench HPS v2 ↑ | DrawBench ImageReward ↑ | "
+    assert ("| Model | Steps | UNet calls | Time cost (paper) | DrawBench Aes ↑ | DrawBench HPS v2 ↑ | DrawBench ImageReward ↑ | "
             "DrawBench CLIP score ↑ | PartiPrompts Aes ↑") in header
     main_table = table[: table.index(next(line for line in table if line.startswith("## Paired")))]
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in main_table if line.startswith("| ")}
     assert set(rows) == {"Model", "sdxl", "stable-cascade", "lcm-sdxl", "cogview3", "cogview3-official",
                          "cogview3-distill-4+1", "cogview3-distill-8+2"}
     assert rows["stable-cascade"][1] == "20+10" and rows["lcm-sdxl"][1] == "4"
-    assert "(10.83 s)" in rows["stable-cascade"][2] and "(2.06 s)" in rows["lcm-sdxl"][2]
+    # UNet calls: x2 per step under CFG (SDXL 50 steps at 5.0, Cascade's prior at 4.0 and its unguided decoder,
+    # CogView3 50 + 10 both guided), LCM's embedded guidance and the distilled students x1
+    assert [rows[s][2] for s in ("sdxl", "stable-cascade", "lcm-sdxl", "cogview3", "cogview3-distill-4+1")] == [
+        "100", "50", "4", "120", "5"]
+    assert "(10.83 s)" in rows["stable-cascade"][3] and "(2.06 s)" in rows["lcm-sdxl"][3]
     assert [rows[s][1] for s in ("cogview3", "cogview3-official", "cogview3-distill-4+1", "cogview3-distill-8+2")] == [
         "50+10", "50+12", "4+1", "8+2"]
     assert "- cogview3-official: T_r=500: 12 steps at t=499, 457, 416, 374, 333, 291, 249, 208, 166, 124, 83, 41; blending by step" in table
     # the relay stage is its own job, reading the base stage's images
     assert len(list((tmp_path / "results" / "drawbench" / "cogview3-base" / "images").glob("*.png"))) == 2
     row = rows["sdxl"]
-    assert row[1] == "50" and "(19.67 s)" in row[2]
-    assert "(N=2)" in row[3]  # DrawBench Aes filled from 2 prompts
-    assert "(N=2)" in row[4] and "(N=2)" in row[5] and "(N=2)" in row[6] and row[7] == "–"  # HPS, IR, CLIP; no Parti
+    assert row[1] == "50" and "(19.67 s)" in row[3]
+    assert "(N=2)" in row[4]  # DrawBench Aes filled from 2 prompts
+    assert "(N=2)" in row[5] and "(N=2)" in row[6] and "(N=2)" in row[7] and row[8] == "–"  # HPS, IR, CLIP; no Parti
     assert "- benchmark `parti` not in this config's benchmarks" in table
     paired = next(line for line in table if line.startswith("| DrawBench | HPS v2 ↑ |"))
     assert paired.count("(N=2)") == 6  # cogview3 minus each of the six other rows
