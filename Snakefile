@@ -151,6 +151,7 @@ include: "workflows/score.smk"
 include: "workflows/report.smk"
 include: "workflows/humaneval.smk"
 include: "workflows/train.smk"
+include: "workflows/micro.smk"
 
 
 # Integrity, before any job runs: every image the reports depend on is where its manifest says with

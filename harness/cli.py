@@ -230,12 +230,75 @@ def cmd_distill(args) -> None:
 
     cfg = _config(args)
     _threads(args.threads)
+    images = None
+    if cfg["distillation"]["images"] == "world":  # the micro world's training stream
+        from harness.micro.train import distillation_images
+
+        images = distillation_images(cfg, args.stage)
     m = run_round(cfg, args.stage, args.steps, out=args.out, teacher=args.teacher, teacher_steps=args.teacher_steps,
-                  train_steps=args.train_steps)
+                  train_steps=args.train_steps, images=images)
     r = m["round"]
     print(f"distill {args.stage} {r['teacher_steps']} -> {r['student_steps']} steps: {m['steps']} training steps, "
           f"loss {m['loss_first']:.4g} -> {m['loss_last']:.4g}, {m['job_wall_s']:.1f} s -> {m['output']} "
           f"(SAT checkpoint folder with w_proj; load it as `weights:` with distilled: true)")
+
+
+def cmd_micro_train(args) -> None:
+    from harness.micro import train
+
+    cfg = _config(args)
+    _threads(args.threads)
+    micro = cfg.get("micro")
+    if not micro:
+        raise HarnessError("micro-train: this config has no micro world (config key 'micro'); see config/micro.yaml")
+    if args.model == micro["text_encoder"]["key"]:
+        m = train.train_text_encoder(cfg)
+        print(f"micro text encoder -> {m['output']} (word-level T5, frozen random weights, seed {m['seed']})")
+    elif args.model == micro["vae"]["key"]:
+        m = train.train_vae(cfg)
+        print(f"micro VAE: {m['steps']} steps, loss {m['loss_first']:.4g} -> {m['loss_last']:.4g}, latent scale "
+              f"{m['latent_scale']:.4f}, {m['train_wall_s']:.1f} s -> {m['output']}")
+    else:
+        m = train.train_model(cfg, args.model)
+        print(f"micro {args.model} ({m['stage']}): {m['steps']} steps, loss {m['loss_first']:.4g} -> "
+              f"{m['loss_last']:.4g}, {m['job_wall_s']:.1f} s -> {m['output']}")
+
+
+def cmd_micro_gate(args) -> int:
+    from harness.io import atomic_write_text
+    from harness.micro.gate import VARIANTS, render, run_variant
+    from harness.render import banner
+
+    cfg = _config(args)
+    _threads(args.threads)
+    names = args.variant or list(VARIANTS)
+    results = []
+    for name in names:
+        results.append(run_variant(cfg, name, Path(args.out) / name))
+        r = results[-1]
+        print(f"{name}: {'breach' if r.breached else 'pass'} ({len(r.breached)} of {len(r.results)} checks breached; "
+              f"expected {'a breach' if r.variant.harmful else 'a pass'})", flush=True)
+    text = "\n".join([banner(cfg), "", "# The micro gate against known bugs and harmless changes", "",
+                      f"Thresholds: `{cfg['thresholds']}`; each variant regenerates cogview3-base and cogview3 "
+                      "(harness/micro/gate.py).", "", render(results), ""])
+    if args.report:
+        atomic_write_text(args.report, text)
+    print(text)
+    wrong = [r.variant.name for r in results if not r.as_expected]
+    if wrong:
+        print(f"error: the gate did not tell these apart: {', '.join(wrong)}", file=sys.stderr)
+        return EXIT_BREACH
+    return EXIT_OK
+
+
+def cmd_micro_grid(args) -> None:
+    from harness.micro.grid import contact_sheet
+    from harness.systems import final_systems
+
+    cfg = _config(args)
+    systems = args.system or final_systems(cfg)
+    out = contact_sheet(cfg, systems, args.out, per_category=args.per_category)
+    print(f"wrote {out} ({', '.join(systems)})")
 
 
 def cmd_distill_generate(args) -> None:
@@ -401,6 +464,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="optimizer steps (default: the config's distillation.steps_per_round)")
     ds.add_argument("--out", default=None, help="output folder (default: <results_dir>/distill/<stage>/<steps>-step)")
     ds.set_defaults(func=cmd_distill)
+
+    mt = sub.add_parser("micro-train", help="train one model of the micro world (config key micro): its text "
+                        "encoder, its VAE or a diffusion model, written in its upstream layout (resumable)")
+    mt.add_argument("--model", required=True, help="a weights key the config's micro section trains")
+    mt.set_defaults(func=cmd_micro_train)
+
+    mg = sub.add_parser("micro-gate", help="the micro world's gate against known bugs (each must breach it) and "
+                        "harmless changes (each must pass): regenerates the base and relay chain per variant")
+    mg.add_argument("--variant", action="append", default=None, help="a variant of harness.micro.gate.VARIANTS "
+                    "(repeatable; default: all)")
+    mg.add_argument("--out", default="results-micro-gate", help="where the variants' results go (default: %(default)s)")
+    mg.add_argument("--report", default=None, help="also write the table to this Markdown file")
+    mg.set_defaults(func=cmd_micro_gate)
+
+    mgr = sub.add_parser("micro-grid", help="an image grid of the micro world (a prompt per category x systems, "
+                         "beside the ground-truth render, with the judge's score under each image)")
+    mgr.add_argument("--out", required=True, help="PNG file to write")
+    mgr.add_argument("--system", action="append", default=None, help="a system (repeatable; default: the table rows)")
+    mgr.add_argument("--per-category", type=int, default=1)
+    mgr.set_defaults(func=cmd_micro_grid)
 
     dg = sub.add_parser("distill-generate", help="generate with a distilled student (the final rounds of the "
                         "schedules) into <results_dir>/distill/samples/")

@@ -60,6 +60,7 @@ def apply_defaults(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Return the config with defaults filled in, or raise :class:`ConfigError` naming the bad key."""
+    from harness.micro.paths import check_micro
     from harness.scorers.registry import SCORERS, metric_weights
     from models.registry import model_class, system_weight_keys
 
@@ -74,10 +75,18 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     _check_expansion(config["expansion"])
     config["humaneval"] = apply_defaults(config["humaneval"], schema["properties"]["humaneval"])
     config["distillation"] = apply_defaults(config["distillation"], schema["properties"]["distillation"])
+    if config.get("micro"):
+        micro_schema = schema["properties"]["micro"]
+        config["micro"] = apply_defaults(config["micro"], micro_schema)
+        for part in ("text_encoder", "vae"):
+            config["micro"][part] = apply_defaults(config["micro"][part], micro_schema["properties"][part])
+        model_schema = micro_schema["properties"]["models"]["additionalProperties"]
+        config["micro"]["models"] = {k: apply_defaults(v, model_schema) for k, v in config["micro"]["models"].items()}
 
     _register_prompt_sets(config)
     _check_benchmarks(config)
     _check_distillation(config)
+    check_micro(config)
     _check_inputs(config["systems"])
     _check_sweep(config)
     if config["dtype"] == "float16" and config["device"] == "cpu":

@@ -70,6 +70,7 @@ def _record(check: EntryCheck, found) -> None:
 
 def check_weights(config: dict[str, Any]) -> list[EntryCheck]:
     """Every path entry the configured systems and metrics read, with its files or its problems."""
+    from harness.micro.train import is_trained_here
     from harness.scorers.registry import scorer_class
     from models.base import WeightsSpec
     from models.registry import model_class, system_weight_keys
@@ -87,6 +88,8 @@ def check_weights(config: dict[str, Any]) -> list[EntryCheck]:
         entry = WeightsSpec(key, str(weights[key]))
         check = _entry(checks, key, entry.value, user)
         if entry.is_builtin or entry.unset_variables:  # unset variables: one message for all entries
+            continue
+        if is_trained_here(config, key):  # written by this DAG (the micro world, distillation rounds) first
             continue
         try:
             _record(check, layout(entry.path))

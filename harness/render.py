@@ -20,10 +20,15 @@ BANNERS = {
     "fixtures": "> **Fixtures profile: these numbers say nothing about image quality.** Every checkpoint is a tiny "
                 "random-weight file in its upstream layout (`python -m harness fixtures`); the table only shows that "
                 "the paper profile's loaders and DAG run end to end.",
+    "micro": "> **Micro profile: these numbers describe the synthetic micro world, not real CogView3 or SDXL.** Every "
+             "model was trained by this DAG on 2 CPU cores on procedural shapes (config/micro.yaml) and judged exactly; "
+             "they test the protocol and the code (relay vs single stage, T_r, distillation), not image quality at "
+             "scale (README \"The micro world\").",
 }
 #: the same warning, short enough for a plot's title
 PLOT_BANNERS = {"smoke": "SMOKE PROFILE: says nothing about image quality",
-                "fixtures": "FIXTURES PROFILE: says nothing about image quality"}
+                "fixtures": "FIXTURES PROFILE: says nothing about image quality",
+                "micro": "MICRO WORLD: synthetic shapes, not real CogView3"}
 
 
 def profile_banner(profile: str | None) -> str | None:

@@ -72,10 +72,22 @@ def system_params(w):
 def software_versions(libraries, weight_keys):
     """What can change a job's output without changing the config: library versions and the weights
     files replaced at the same path (size and mtime, not hashed). As params, a change reruns the job."""
+    from harness.micro.train import is_trained_here
     from models.base import WeightsSpec, library_versions
 
+    # weights this DAG trains are inputs of the jobs that read them (trained_inputs): their files are
+    # tracked as inputs, not as a signature taken before they exist
     return {"libraries": library_versions(*libraries),
-            "files": {k: WeightsSpec(k, str(config["weights"][k])).stat_signature() for k in weight_keys}}
+            "files": {k: WeightsSpec(k, str(config["weights"][k])).stat_signature() for k in weight_keys
+                      if not is_trained_here(config, k)}}
+
+
+def trained_inputs(keys):
+    """The files showing that the weights entries among ``keys`` which this DAG trains are written (the
+    micro world's models, the distillation rounds' students): inputs of every job that reads them."""
+    from harness.micro.train import weights_markers
+
+    return weights_markers(config, keys)
 
 
 def scorer_versions(w):
@@ -84,9 +96,13 @@ def scorer_versions(w):
 
 
 def generation_inputs(w):
-    """The upstream stage's manifest (relay systems) and the expanded prompts (expand: true)."""
+    """The upstream stage's manifest (relay systems), the expanded prompts (expand: true) and the weights
+    this DAG trains (the micro world)."""
+    from models.registry import system_weight_keys
+
     spec = config["systems"][w.system]
     out = [manifest(w.benchmark, spec["input"])] if spec.get("input") else []
+    out += trained_inputs(system_weight_keys(w.system, spec))
     if spec.get("expand"):
         out.append(f"{RESULTS}/{w.benchmark}/expansions.jsonl")
     return out
@@ -306,9 +322,13 @@ def distill_round_inputs(w):
     previous round's checkpoint; the first round's teacher is the system's own weights entry)."""
     from harness.training.rounds import find_round, stage_system
 
+    from models.registry import system_weight_keys
+
     rnd = find_round(config, w.stage, int(w.steps))
-    name, _ = stage_system(config, w.stage)
-    out = [manifest(config["distillation"]["benchmark"], name)]
+    name, spec = stage_system(config, w.stage)
+    world = config["distillation"]["images"] == "world"  # the micro world's stream: no generated images
+    out = [] if world else [manifest(config["distillation"]["benchmark"], name)]
+    out += trained_inputs(system_weight_keys(name, spec))
     if rnd.index > 1:
         out += round_files(w.stage, rnd.teacher_steps)
     return out
@@ -329,8 +349,10 @@ def distill_round_params(w):
     if w.stage == "base":
         ignored.add("relay_t_r")
     settings = {k: v for k, v in d.items() if k not in ignored}
-    return {"schedule": d[w.stage][: rnd.index + 1], "settings": settings,
-            "system": system_params(SimpleNamespace(system=name))}
+    system = system_params(SimpleNamespace(system=name))
+    # training builds its systems batch-variant whatever the run's setting (rounds.build_stage_system)
+    system["run"] = {k: v for k, v in system["run"].items() if k != "batch_invariant"}
+    return {"schedule": d[w.stage][: rnd.index + 1], "settings": settings, "system": system}
 
 
 def _training_resources(stage, steps, timed):

@@ -25,7 +25,8 @@ rule distill_round:
     wildcard_constraints:
         stage="base|relay",
         steps=r"\d+",
-    threads: 1
+    # a GPU job takes one CPU thread; the micro world's rounds train on the CPU (all of it)
+    threads: workflow.cores if config["distillation"]["images"] == "world" else 1
     resources:
         **training_resources(),
     conda:

@@ -256,18 +256,24 @@ def _free(*modules) -> None:
 
 def run_round(config: dict[str, Any], stage: str, student_steps: int, *, out: str | Path | None = None,
               teacher: str | None = None, teacher_steps: int | None = None, train_steps: int | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, images=None) -> dict[str, Any]:
     """One round of progressive distillation: train the student, export its EMA weights, write the
-    metrics. ``teacher``/``teacher_steps`` replace the schedule's teacher (a weights value: a SAT folder,
+    metrics. ``images``: the data (a :class:`harness.training.data.TrainingImages`; the micro world's stream
+    when ``distillation.images`` is ``world``, which the caller draws), else the stage system's images. ``teacher``/``teacher_steps`` replace the schedule's teacher (a weights value: a SAT folder,
     ``tiny``; the teacher is then taken as distilled unless it is the system's own entry)."""
     rnd = _round(config, stage, student_steps, out, teacher, teacher_steps)
-    _require_data(config, stage)
+    if images is None:
+        if config["distillation"]["images"] == "world":
+            raise HarnessError("distillation.images is 'world': pass the micro world's stream as images= "
+                               "(harness.micro.train.distillation_images; `python -m harness distill` does)")
+        _require_data(config, stage)
     label = f"distill {rnd.name}"
     teacher_sys = build_stage_system(config, stage, rnd.teacher_weights, rnd.teacher_distilled, rnd.teacher_steps,
                                      f"{stage}-teacher-{rnd.teacher_steps}step").build()
     use_sat_compatible_tiny_unet(teacher_sys)
     return _run(config, stage, rnd.out, label, teacher_sys, kind="distill", rnd=rnd, train_steps=train_steps,
-                progress=progress, make_objective=lambda student: distill_objective(config, stage, rnd, teacher_sys))
+                progress=progress, make_objective=lambda student: distill_objective(config, stage, rnd, teacher_sys),
+                images=images)
 
 
 def run_train(config: dict[str, Any], stage: str, *, out: str | Path | None = None, init: str | None = None,

@@ -1,0 +1,103 @@
+"""The micro world's run-to-run spread: the whole DAG (training included) with several training seeds, and
+the gate's thresholds derived from it (config/thresholds.micro.yaml).
+
+    python benchmarks/micro_spread.py [--seeds 0 1 2] [--run]
+
+Seed 0 is config/micro.yaml itself (results-micro/); seed n trains every model with ``micro.seed: n`` into
+results-micro-seed<n>/ (its config there too; reports in reports-micro-seed<n>/). ``--run`` runs the DAGs that are not finished (each
+about the length of one micro run); without it the script reads what is there. It prints, per (system, metric),
+each seed's value, the mean, the sample standard deviation and the range, and the thresholds of
+:func:`threshold`: a bound ``MARGIN_SD`` standard deviations (at least ``MIN_MARGIN`` of the metric's scale)
+beyond the worst seed, on the side the metric gets worse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MARGIN_SD = 3.0
+#: the least margin, per metric: the judge's accuracy moves in steps of 1/224 per prompt clause
+MIN_MARGIN = {"micro_judge": 0.02, "micro_exact": 0.01, "micro_fd": 0.05}
+GATED_SYSTEMS = ("single-stage", "cogview3-base", "cogview3", "cogview3-distill-8+2", "cogview3-distill-4+1")
+
+
+def seed_config(seed: int) -> Path:
+    base = ROOT / "config" / "micro.yaml"
+    if seed == 0:
+        return base
+    text = base.read_text().replace("results-micro/", f"results-micro-seed{seed}/")
+    raw = yaml.safe_load(text)
+    raw["results_dir"] = f"results-micro-seed{seed}"
+    raw["reports_dir"] = f"reports-micro-seed{seed}"
+    raw["micro"]["seed"] = seed
+    path = ROOT / f"results-micro-seed{seed}" / "config.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def values(config_path: Path) -> dict[str, float]:
+    from harness.config import load_config
+    from harness.regression import current_values
+
+    return {k: v["value"] for k, v in current_values(load_config(config_path)).items()}
+
+
+def threshold(metric: str, seeds: list[float]) -> tuple[str, float]:
+    from harness.scorers.registry import scorer_class
+
+    sd = statistics.stdev(seeds) if len(seeds) > 1 else 0.0
+    margin = max(MARGIN_SD * sd, MIN_MARGIN[metric])
+    if scorer_class(metric).higher_is_better:
+        return "min", round(min(seeds) - margin, 3)
+    return "max", round(max(seeds) + margin, 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--run", action="store_true", help="run the DAGs first")
+    args = parser.parse_args()
+    configs = {s: seed_config(s) for s in args.seeds}
+    if args.run:
+        for seed, path in configs.items():
+            cmd = [sys.executable, "-m", "snakemake", "--cores", "all", "reports/table1.md", "reports/table3.md",
+                   "--configfile", str(path)]
+            if seed:
+                cmd[5:7] = [f"reports-micro-seed{seed}/table1.md", f"reports-micro-seed{seed}/table3.md"]
+            print("$", " ".join(cmd), flush=True)
+            start = time.perf_counter()
+            subprocess.run(cmd, cwd=ROOT, check=True)
+            print(f"seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    per_seed = {s: values(p) for s, p in configs.items()}
+    keys = sorted(set.intersection(*(set(v) for v in per_seed.values())))
+    print(f"| key | {' | '.join(f'seed {s}' for s in args.seeds)} | mean | sd | range | threshold |")
+    print("|---|" + "---|" * (len(args.seeds) + 4))
+    checks = []
+    for key in keys:
+        bench, system, metric = key.split("/")
+        xs = [per_seed[s][key] for s in args.seeds]
+        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        kind, bound = threshold(metric, xs)
+        gated = system in GATED_SYSTEMS
+        print(f"| {key} | {' | '.join(f'{x:.4f}' for x in xs)} | {statistics.mean(xs):.4f} | {sd:.4f} | "
+              f"{max(xs) - min(xs):.4f} | {kind + ' ' + str(bound) if gated else '–'} |")
+        if gated:
+            checks.append({"benchmark": bench, "system": system, "metric": metric, kind: bound})
+    print("\nchecks:")
+    for c in checks:
+        print("  - " + yaml.safe_dump(c, default_flow_style=True, sort_keys=False).strip())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""The micro world's gate, tried against known bugs and harmless changes (README "The micro world").
+
+``config/thresholds.micro.yaml`` bounds quality (minimum judge accuracy, maximum world-feature distance) with
+margins from the measured seed-to-seed spread. This module shows what that gate can tell apart: each
+*mutation* re-introduces a real bug into the sampling code of a trained micro world, each *harmless* variant
+changes only how the same computation is run, and :func:`run_variant` regenerates the affected systems with
+it and evaluates the gate on the result:
+
+- ``base-cfg-off``: classifier-free guidance disabled in the base stage (D = D_c);
+- ``relay-c-flipped``: the sign of the relay step's ``c`` coefficient (the weight of z^L, eq. 7) flipped;
+- ``relay-from-noise``: the relay started from pure noise (x = sigma_0 eps) instead of z^L + sigma_0 eps;
+- ``base-grid-reversed``: the base DDIM grid run in ascending order;
+- ``threads-2``, ``batch-invariant-toggled``, ``batch-size-6``: two threads instead of the DAG's one; the batch-invariant
+  kernels on where the config has them off (or off where on); batch size 6 instead of the config's (with the
+  batch-invariant kernels off, so float rounding really changes). These regenerate the relay stage only (to keep
+  CI's time: each base pass adds about a minute); the relay runs the same UNet kernels as the base.
+
+A mutation patches the shipped functions in this process only (``unittest.mock``); nothing on disk changes.
+The variant's results are a copy of the trained world's results in which the systems the change touches (the
+base stage and the relay reading it, or the relay alone) are regenerated, on ``VARIANT_THREADS`` threads, and
+rescored; the other systems are kept as they were.
+
+    python -m harness micro-gate --config config/micro.yaml [--variant NAME ...] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+from harness.errors import HarnessError
+
+#: the chain a variant regenerates: the base stage, then the relay reading its images (a change to the
+#: relay alone regenerates the relay)
+CHAIN = ("cogview3-base", "cogview3")
+RELAY = ("cogview3",)
+#: every variant regenerates on this many CPU threads (the DAG's generation jobs run on one each); the
+#: variant ``threads-2`` changes nothing else, and shows that this alone is harmless
+VARIANT_THREADS = 2
+
+
+@contextlib.contextmanager
+def _base_cfg_off():
+    from unittest import mock
+
+    from models.cogview3.system import CogView3BaseSystem
+
+    original = CogView3BaseSystem.denoiser
+
+    def unguided(self, *args, **kwargs):
+        d = original(self, *args, **kwargs)
+        d.guidance = 1.0  # the bug: D = D_u + 1 (D_c - D_u) = D_c
+        return d
+
+    with mock.patch.object(CogView3BaseSystem, "denoiser", unguided):
+        yield
+
+
+@contextlib.contextmanager
+def _relay_c_flipped():
+    from unittest import mock
+
+    from models.cogview3 import sampling
+
+    original = sampling.relay_coefficients
+
+    def flipped(*args, **kwargs):
+        return [(a, b, -c, d) for a, b, c, d in original(*args, **kwargs)]
+
+    sampling._coefficient_table.cache_clear()
+    try:
+        with mock.patch.object(sampling, "relay_coefficients", flipped):
+            yield
+    finally:
+        sampling._coefficient_table.cache_clear()
+
+
+@contextlib.contextmanager
+def _relay_from_noise():
+    from unittest import mock
+
+    from models.cogview3 import system
+    from models.cogview3.schedule import sampler_sigmas
+
+    original = system.relay_sample
+
+    def from_noise(denoiser, z_lr, timesteps, noise, *args, **kwargs):
+        # the sampler starts at z_lr + sigma_0 * noise: this noise makes that start sigma_0 * eps alone
+        sigma0 = float(sampler_sigmas(list(timesteps))[0])
+        return original(denoiser, z_lr, timesteps, noise - z_lr.to(noise.dtype) / sigma0, *args, **kwargs)
+
+    with mock.patch.object(system, "relay_sample", from_noise):
+        yield
+
+
+@contextlib.contextmanager
+def _base_grid_reversed():
+    from unittest import mock
+
+    from models.cogview3.system import CogView3BaseSystem
+
+    original = CogView3BaseSystem.grid
+    with mock.patch.object(CogView3BaseSystem, "grid", lambda self: list(reversed(original(self)))):
+        yield
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    what: str
+    harmful: bool
+    patch: Callable[[], ContextManager] = contextlib.nullcontext
+    #: the run settings it changes, from the trained world's config (harmless variants)
+    config: Callable[[dict[str, Any]], dict[str, Any]] = lambda cfg: {}
+    chain: tuple[str, ...] = CHAIN  # the systems it regenerates
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("base-cfg-off", "classifier-free guidance disabled in the base stage", True, _base_cfg_off),
+    Variant("relay-c-flipped", "the relay step's c coefficient (weight of z^L) with its sign flipped", True,
+            _relay_c_flipped, chain=RELAY),
+    Variant("relay-from-noise", "the relay started from pure noise instead of z^L", True, _relay_from_noise,
+            chain=RELAY),
+    Variant("base-grid-reversed", "the base DDIM grid reversed", True, _base_grid_reversed),
+    Variant("threads-2", "two CPU threads instead of the one each generation job of the DAG runs on", False,
+            chain=RELAY),
+    Variant("batch-invariant-toggled", "batch_invariant switched (the batch-invariant kernels on or off)", False,
+            config=lambda cfg: {"batch_invariant": not cfg["batch_invariant"]}, chain=RELAY),
+    Variant("batch-size-6", "batch_size 6 instead of the config's, batch_invariant off", False,
+            config=lambda cfg: {"batch_size": 6, "batch_invariant": False}, chain=RELAY),
+)}
+
+
+@dataclass
+class VariantResult:
+    variant: Variant
+    results: list  # harness.regression.CheckResult
+    values: dict[str, dict]
+
+    @property
+    def breached(self) -> list:
+        return [r for r in self.results if not r.passed]
+
+    @property
+    def as_expected(self) -> bool:
+        return bool(self.breached) == self.variant.harmful
+
+
+def variant_config(config: dict[str, Any], variant: Variant, out: Path) -> dict[str, Any]:
+    """The trained world's config with results under ``out`` and the variant's run settings; the weights
+    entries stay the trained files (nothing is trained again)."""
+    from harness.config import validate_config
+
+    raw = copy.deepcopy(config)
+    raw.update(results_dir=str(out), micro=None, **variant.config(config))
+    raw["distillation"]["images"] = "benchmark"  # no micro section: nothing here trains
+    return validate_config(raw)
+
+
+def run_variant(config: dict[str, Any], name: str, out: str | Path, progress: bool = False) -> VariantResult:
+    """Copy the trained world's results for the gated benchmark to ``out``, regenerate and rescore
+    the systems of the variant's chain under it, and evaluate ``config['thresholds']`` on the result."""
+    import torch
+
+    from harness.regression import current_values, evaluate, load_thresholds
+    from harness.runner import run_generation
+    from harness.scoring import run_scoring
+
+    if name not in VARIANTS:
+        raise HarnessError(f"variant {name!r}: choose one of {', '.join(VARIANTS)}")
+    variant = VARIANTS[name]
+    out = Path(out)
+    src = Path(config["results_dir"])
+    cfg = variant_config(config, variant, out)
+    benchmark = cfg["benchmarks"][0]
+    for system in cfg["systems"]:
+        manifest = src / benchmark / system / "manifest.jsonl"
+        if not manifest.is_file():
+            raise HarnessError(f"{manifest} is missing: run the micro world first (snakemake --cores all "
+                               "reports/table1.md reports/table3.md --configfile config/micro.yaml)")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(src / benchmark, out / benchmark, ignore=shutil.ignore_patterns(".state", "*.lock"))
+    for system in variant.chain:
+        shutil.rmtree(out / benchmark / system)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(VARIANT_THREADS)
+    try:
+        with variant.patch():
+            for system in variant.chain:
+                run_generation(cfg, benchmark, system, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+    for metric in cfg["metrics"]:
+        run_scoring(cfg, benchmark, list(variant.chain), metric)
+    values = current_values(cfg)
+    return VariantResult(variant, evaluate(load_thresholds(cfg["thresholds"]), values, {}), values)
+
+
+def render(results: list[VariantResult]) -> str:
+    lines = ["| Variant | Change | Expected | Gate | Breaches |", "|---|---|---|---|---|"]
+    for r in results:
+        gate = f"FAIL ({len(r.breached)})" if r.breached else "PASS"
+        breaches = "; ".join(f"{b.key}: {b.message}" for b in r.breached[:4]) + (" ..." if len(r.breached) > 4 else "")
+        lines.append(f"| {r.variant.name} | {r.variant.what} | {'breach' if r.variant.harmful else 'pass'} | {gate} "
+                     f"| {breaches or '–'} |")
+    return "\n".join(lines)
