@@ -229,7 +229,7 @@ def _ignore(folder: str, names: list[str]) -> set[str]:
     skip = {n for n in names if n in ("__pycache__", ".pytest_cache") or n.endswith(".egg-info")}
     if Path(folder).resolve() == ROOT:
         skip |= {n for n in names if n in (".git", ".venv", "results", ".snakemake", "data", "annotations",
-                                           "build", ".whl", ".gl")}
+                                           "build", ".whl", ".gl") or n.startswith("results-")}
     if Path(folder).resolve() == ROOT / "reports":
         skip |= {n for n in names if n != "golden"}
     return skip
