@@ -40,8 +40,13 @@ def expected_weights(config: dict[str, Any]) -> dict[str, Path]:
     return out
 
 
+def path_key(value: str | Path) -> str:
+    """A weights value or a path as the DAG compares them: variables expanded, normalised."""
+    return os.path.normpath(os.path.expandvars(str(value)))
+
+
 def same_path(a: str | Path, b: str | Path) -> bool:
-    return os.path.normpath(os.path.expandvars(str(a))) == os.path.normpath(str(b))
+    return path_key(a) == path_key(b)
 
 
 def check_micro(config: dict[str, Any]) -> None:

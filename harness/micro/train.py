@@ -24,10 +24,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, HarnessError
 
 from harness.micro.paths import (VAE_FOLDER, check_micro, expected_weights, micro_dir, model_dir,  # noqa: F401
-                                 same_path, text_encoder_path, vae_dir)
+                                 path_key, same_path, text_encoder_path, vae_dir)
 
 
 def trained_markers(config: dict[str, Any]) -> dict[str, list[str]]:
@@ -38,19 +38,19 @@ def trained_markers(config: dict[str, Any]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     micro = config.get("micro")
     if micro:
-        out[os.path.normpath(str(text_encoder_path(config)))] = [str(text_encoder_path(config) / "text_encoder" / "config.json")]
+        out[path_key(text_encoder_path(config))] = [str(text_encoder_path(config) / "text_encoder" / "config.json")]
         vae = vae_dir(config) / VAE_FOLDER
-        out[os.path.normpath(str(vae))] = [str(vae / "config.json")]
+        out[path_key(vae)] = [str(vae / "config.json")]
         for key in micro["models"]:
-            out[os.path.normpath(str(model_dir(config, key)))] = [str(model_dir(config, key) / "latest")]
+            out[path_key(model_dir(config, key))] = [str(model_dir(config, key) / "latest")]
     for stage in ("base", "relay"):
         try:
             stage_rounds = rounds(config, stage)
-        except Exception:  # no CogView3 stage system of that name: the config distils nothing
+        except HarnessError:  # no CogView3 stage system of that name (ConfigError): the config distils nothing
             continue
         for rnd in stage_rounds:
             files = round_outputs(config, stage, rnd.student_steps)
-            out[os.path.normpath(str(rnd.out))] = [str(files["latest"])]
+            out[path_key(rnd.out)] = [str(files["latest"])]
     return out
 
 
@@ -61,13 +61,13 @@ def weights_markers(config: dict[str, Any], keys) -> list[str]:
     for key in keys:
         value = config["weights"].get(key)
         if value is not None:
-            out += made.get(os.path.normpath(os.path.expandvars(str(value))), [])
+            out += made.get(path_key(value), [])
     return out
 
 
 def is_trained_here(config: dict[str, Any], key: str) -> bool:
     value = config["weights"].get(key)
-    return value is not None and os.path.normpath(os.path.expandvars(str(value))) in trained_markers(config)
+    return value is not None and path_key(value) in trained_markers(config)
 
 
 # ---- the jobs ----------------------------------------------------------------------------------------------
