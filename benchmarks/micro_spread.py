@@ -27,8 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 MARGIN_SD = 3.0
 #: the least margin, per metric: the judge's accuracy moves in steps of 1/224 per prompt clause
-MIN_MARGIN = {"micro_judge": 0.02, "micro_exact": 0.01, "micro_fd": 0.05}
-GATED_SYSTEMS = ("single-stage", "cogview3-base", "cogview3", "cogview3-distill-8+2", "cogview3-distill-4+1")
+MIN_MARGIN = {"micro_judge": 0.02, "micro_exact": 0.01, "micro_colour": 0.02, "micro_fd": 0.05}
 
 
 def seed_config(seed: int) -> Path:
@@ -71,13 +70,15 @@ def main() -> None:
     configs = {s: seed_config(s) for s in args.seeds}
     if args.run:
         for seed, path in configs.items():
-            cmd = [sys.executable, "-m", "snakemake", "--cores", "all", "reports/table1.md", "reports/table3.md",
+            reports = "reports" if seed == 0 else f"reports-micro-seed{seed}"
+            # regression.md scores every system the gate reads (the T_r sweep's micro_fd too); --keep-incomplete
+            # keeps its report whatever the thresholds in force say
+            targets = [f"{reports}/{name}.md" for name in ("table1", "table3", "regression")]
+            cmd = [sys.executable, "-m", "snakemake", "--cores", "all", "--keep-incomplete", *targets,
                    "--configfile", str(path)]
-            if seed:
-                cmd[5:7] = [f"reports-micro-seed{seed}/table1.md", f"reports-micro-seed{seed}/table3.md"]
             print("$", " ".join(cmd), flush=True)
             start = time.perf_counter()
-            subprocess.run(cmd, cwd=ROOT, check=True)
+            subprocess.run(cmd, cwd=ROOT)  # a breach of the thresholds in force is not a failed run
             print(f"seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
     per_seed = {s: values(p) for s, p in configs.items()}
     keys = sorted(set.intersection(*(set(v) for v in per_seed.values())))
@@ -89,7 +90,9 @@ def main() -> None:
         xs = [per_seed[s][key] for s in args.seeds]
         sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
         kind, bound = threshold(metric, xs)
-        gated = system in GATED_SYSTEMS
+        # every row of Tables 1 and 3 is gated (a relay bug may show at one T_r only), except where the bound
+        # cannot fail: a minimum at or below 0 (micro_exact while the models draw no exact scene)
+        gated = not (kind == "min" and bound <= 0)
         print(f"| {key} | {' | '.join(f'{x:.4f}' for x in xs)} | {statistics.mean(xs):.4f} | {sd:.4f} | "
               f"{max(xs) - min(xs):.4f} | {kind + ' ' + str(bound) if gated else '–'} |")
         if gated:

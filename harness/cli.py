@@ -266,7 +266,7 @@ def cmd_micro_train(args) -> None:
 
 def cmd_micro_gate(args) -> int:
     from harness.io import atomic_write_text
-    from harness.micro.gate import VARIANTS, render, run_variant
+    from harness.micro.gate import VARIANTS, relay_chain, render, run_variant
     from harness.render import banner
 
     cfg = _config(args)
@@ -279,8 +279,8 @@ def cmd_micro_gate(args) -> int:
         print(f"{name}: {'breach' if r.breached else 'pass'} ({len(r.breached)} of {len(r.results)} checks breached; "
               f"expected {'a breach' if r.variant.harmful else 'a pass'})", flush=True)
     text = "\n".join([banner(cfg), "", "# The micro gate against known bugs and harmless changes", "",
-                      f"Thresholds: `{cfg['thresholds']}`; each variant regenerates cogview3-base and cogview3 "
-                      "(harness/micro/gate.py).", "", render(results), ""])
+                      f"Thresholds: `{cfg['thresholds']}`; a base-stage variant regenerates cogview3-base and cogview3, "
+                      f"a relay or harmless one {' and '.join(relay_chain(cfg))} (harness/micro/gate.py).", "", render(results), ""])
     if args.report:
         atomic_write_text(args.report, text)
     print(text)

@@ -70,6 +70,13 @@ def test_a_weights_entry_elsewhere_than_where_the_world_trains_it_is_an_error():
         validate_config(raw)
 
 
+def test_systems_padding_to_different_t5_lengths_are_an_error():
+    raw = micro_raw()
+    raw["systems"]["single-stage"]["text_tokens"] = 225
+    with pytest.raises(ConfigError, match=r"text_tokens.*single-stage: 225"):
+        validate_config(raw)
+
+
 def test_world_images_for_distillation_need_the_micro_world():
     raw = micro_raw()
     raw["micro"] = None

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from harness.micro import world
-from harness.micro.judge import SMALLEST_EXACT_SIZE, classify_shape, detect, judge
+from harness.micro.judge import SMALLEST_EXACT_SIZE, classify_shape, colour_fidelity, detect, judge
 from harness.micro.world import (
     CATEGORIES,
     CATEGORY_SAMPLERS,
@@ -111,6 +111,31 @@ def test_renders_judged_against_shuffled_captions_score_near_chance():
     assert np.mean([v.exact for v in verdicts]) < 0.02
 
 
+@pytest.mark.parametrize("size", [64, 128])
+def test_colour_fidelity_is_one_on_ground_truth_and_near_its_chance_on_shuffled_captions(size):
+    """micro_colour's calibration: every ground-truth render 1.0 (anti-aliased edges are read as their object's
+    colour or as background, never as another palette colour); against shuffled captions 0.455 (measured; the
+    38 captions that name no colour count 1.0 for any drawn colour)."""
+    rows = evaluation_prompts()
+    captions = [text for _, text, _ in rows]
+    renders = [render(evaluation_scene(c, 0), size) for c in captions]
+    assert [colour_fidelity(im, c) for im, c in zip(renders, captions)] == [1.0] * len(rows)
+    shuffled = captions[:]
+    random.Random(0).shuffle(shuffled)
+    assert np.mean([colour_fidelity(im, c) for im, c in zip(renders, shuffled)]) == pytest.approx(0.4551, abs=5e-4)
+
+
+def test_colour_fidelity_is_the_share_of_drawn_pixels_in_a_named_colour():
+    red = world.SceneObject("square", "red", "large", 0.3, 0.25, 0.5)
+    blue = world.SceneObject("square", "blue", "large", 0.3, 0.75, 0.5)
+    both = render(world.Scene((red, blue)), 64)
+    assert colour_fidelity(both, "a red square and a blue square") == 1.0
+    assert colour_fidelity(both, "a red square") == pytest.approx(0.5, abs=0.02)  # equal areas, half named
+    assert colour_fidelity(both, "a green square") == 0.0
+    assert colour_fidelity(both, "two large squares") == 1.0  # no colour named: any drawn colour fits
+    assert colour_fidelity(Image.new("RGB", (64, 64), (255, 255, 255)), "two large squares") == 0.0  # nothing drawn
+
+
 def test_noise_and_blank_images_satisfy_nothing():
     rng = np.random.default_rng(0)
     noise = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
@@ -175,7 +200,9 @@ def test_the_micro_scorers_are_registered_analytic_and_apply_only_to_micro_bench
     assert exact_scorer.score(images, captions) == [1.0] * len(images)
     assert judge_scorer.score(images, wrong) == [judge(im, c).score for im, c in zip(images, wrong)]
     assert exact_scorer.score(images, wrong) == [float(judge(im, c).exact) for im, c in zip(images, wrong)]
-    for metric in ("micro_judge", "micro_exact"):
+    colour_scorer = build_scorer("micro_colour", {}, "cpu", "float32", batch_size=3)
+    assert colour_scorer.score(images, wrong) == [colour_fidelity(im, c) for im, c in zip(images, wrong)]
+    for metric in ("micro_judge", "micro_exact", "micro_colour"):
         assert scorer_class(metric).higher_is_better and not scorer_class(metric).set_metric
         assert metric_applies(metric, "micro-drawbench") and not metric_applies(metric, "drawbench")
     cfg = smoke_config(tmp_path, benchmarks=["micro-drawbench"], metrics=["micro_judge", "micro_exact"])
@@ -196,6 +223,19 @@ def test_the_text_encoder_is_a_word_level_t5_that_the_cogview3_loader_reads(tmp_
     features = encoder(captions[:3] + captions[:1])
     assert features.shape == (4, 225, 64) and torch.equal(features[0], features[3])
     assert (features[0] - features[1]).abs().max() > 0.01
+
+    # config/micro.yaml pads to fewer tokens (text_tokens): no caption of the evaluation set or the training
+    # stream may lose a word to truncation
+    from harness.config import load_config
+    from tests.conftest import ROOT
+
+    n = {spec["text_tokens"] for spec in load_config(ROOT / "config" / "micro.yaml")["systems"].values()}
+    assert len(n) == 1
+    n = n.pop()
+    stream = [training_pair(seed, i)[0] for seed in (0, 1, 2) for i in range(3000)]
+    assert max(len(row) for row in encoder.tokenizer(captions + stream).input_ids) <= n
+    encoder.max_length = n
+    assert encoder(captions[:2]).shape == (2, n, 64)
 
 
 def test_the_autoencoder_loss_weights_object_pixels_over_every_background():

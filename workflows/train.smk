@@ -25,8 +25,9 @@ rule distill_round:
     wildcard_constraints:
         stage="base|relay",
         steps=r"\d+",
-    # a GPU job takes one CPU thread; the micro world's rounds train on the CPU (all of it)
-    threads: workflow.cores if config["distillation"]["images"] == "world" else 1
+    # one CPU thread: a GPU job needs no more, and the micro world's CPU rounds train faster side by side
+    # (base and relay schedules at once) than one at a time on every core (README "The micro world")
+    threads: 1
     resources:
         **training_resources(),
     conda:

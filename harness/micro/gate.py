@@ -12,8 +12,14 @@ it and evaluates the gate on the result:
 - ``base-grid-reversed``: the base DDIM grid run in ascending order;
 - ``threads-2``, ``batch-invariant-toggled``, ``batch-size-6``: two threads instead of the DAG's one; the batch-invariant
   kernels on where the config has them off (or off where on); batch size 6 instead of the config's (with the
-  batch-invariant kernels off, so float rounding really changes). These regenerate the relay stage only (to keep
-  CI's time: each base pass adds about a minute); the relay runs the same UNet kernels as the base.
+  batch-invariant kernels off, so float rounding really changes).
+
+A base-stage change regenerates the base and the relay reading it (``cogview3``); a relay change, and every
+harmless variant, regenerates ``cogview3`` and the T_r sweep's highest point (:func:`relay_chain`). Why that
+point: in the official closed form the weight of z^L per step is small and changes sign along the grid
+(:func:`models.cogview3.sampling.relay_coefficients`; over 10 steps the c sum to -0.26 from T_r 200, 0.03 from
+500, 0.52 from 800), so a flipped c moves T_r = 500 images by less than a seed does (measured: micro_fd 15.7 ->
+14.9) and T_r = 800 ones far beyond it (15.6 -> 112.7). Regenerating every sweep point would add about 40 s each.
 
 A mutation patches the shipped functions in this process only (``unittest.mock``); nothing on disk changes.
 The variant's results are a copy of the trained world's results in which the systems the change touches (the
@@ -34,13 +40,20 @@ from typing import Any, Callable, ContextManager
 
 from harness.errors import HarnessError
 
-#: the chain a variant regenerates: the base stage, then the relay reading its images (a change to the
-#: relay alone regenerates the relay)
+#: the chain a base-stage variant regenerates: the base stage, then the relay reading its images
 CHAIN = ("cogview3-base", "cogview3")
-RELAY = ("cogview3",)
 #: every variant regenerates on this many CPU threads (the DAG's generation jobs run on one each); the
 #: variant ``threads-2`` changes nothing else, and shows that this alone is harmless
 VARIANT_THREADS = 2
+RELAY = "relay"  # a variant's chain: :func:`relay_chain` of the config
+
+
+def relay_chain(config: dict[str, Any]) -> tuple[str, ...]:
+    """``cogview3`` and the T_r sweep's point with the highest T_r on the official form (where c weighs most)."""
+    from harness.ablations import is_paper_form, tr_sweep_points
+
+    points = [(t, name) for t, name in tr_sweep_points(config) if not is_paper_form(config, name)]
+    return ("cogview3",) + ((max(points)[1],) if points else ())
 
 
 @contextlib.contextmanager
@@ -116,7 +129,7 @@ class Variant:
     patch: Callable[[], ContextManager] = contextlib.nullcontext
     #: the run settings it changes, from the trained world's config (harmless variants)
     config: Callable[[dict[str, Any]], dict[str, Any]] = lambda cfg: {}
-    chain: tuple[str, ...] = CHAIN  # the systems it regenerates
+    chain: tuple[str, ...] | str = CHAIN  # the systems it regenerates, or RELAY
 
 
 VARIANTS = {v.name: v for v in (
@@ -184,18 +197,19 @@ def run_variant(config: dict[str, Any], name: str, out: str | Path, progress: bo
                                "reports/table1.md reports/table3.md --configfile config/micro.yaml)")
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(src / benchmark, out / benchmark, ignore=shutil.ignore_patterns(".state", "*.lock"))
-    for system in variant.chain:
+    chain = relay_chain(cfg) if variant.chain == RELAY else variant.chain
+    for system in chain:
         shutil.rmtree(out / benchmark / system)
     threads = torch.get_num_threads()
     torch.set_num_threads(VARIANT_THREADS)
     try:
         with variant.patch():
-            for system in variant.chain:
+            for system in chain:
                 run_generation(cfg, benchmark, system, progress=progress)
     finally:
         torch.set_num_threads(threads)
     for metric in cfg["metrics"]:
-        run_scoring(cfg, benchmark, list(variant.chain), metric)
+        run_scoring(cfg, benchmark, list(chain), metric)
     values = current_values(cfg)
     return VariantResult(variant, evaluate(load_thresholds(cfg["thresholds"]), values, {}), values)
 

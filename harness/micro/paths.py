@@ -65,3 +65,13 @@ def check_micro(config: dict[str, Any]) -> None:
         if not same_path(config["weights"][key], path):
             raise ConfigError(f"config key 'weights.{key}': {config['weights'][key]!r} is not where the micro world "
                               f"trains it; set `{key}: {path}` (or take {key!r} out of config key 'micro')")
+    # the models train on T5 states of the base system's token count; a system padding to another count would
+    # read states unlike any it was trained on, and nothing would fail
+    from models.cogview3.conditioning import T5_MAX_LENGTH
+
+    lengths = {name: spec.get("text_tokens", T5_MAX_LENGTH) for name, spec in config["systems"].items()
+               if str(spec.get("model", "")).startswith("cogview3")}
+    if len(set(lengths.values())) > 1:
+        listed = ", ".join(f"{name}: {n}" for name, n in sorted(lengths.items()))
+        raise ConfigError(f"config key 'systems.*.text_tokens': the micro world's models train on one T5 length, "
+                          f"but its systems differ ({listed}); give every CogView3 system the same text_tokens")

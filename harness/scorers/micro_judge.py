@@ -1,7 +1,8 @@
 """The micro world's exact scorers (:mod:`harness.micro.judge`): no network, no weights, no randomness.
 
 ``micro_judge`` is the fraction of a caption's clauses the image satisfies (counts per object group, the
-total, the relation); ``micro_exact`` is 1 when all of them hold, else 0. Per-category accuracy is the
+total, the relation); ``micro_exact`` is 1 when all of them hold, else 0; ``micro_colour`` is the share of the
+drawn (palette-coloured) pixels that are in a colour the caption names, the graded reading of one attribute. Per-category accuracy is the
 tables' usual per-category breakdown of these per-image scores. Both read only captions the micro world
 writes, so they apply only to benchmarks whose prompts come from its grammar (``micro-drawbench``).
 """
@@ -12,7 +13,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from harness.micro.judge import JUDGE_VERSION, SMALLEST_EXACT_SIZE, judge
+from harness.micro.judge import JUDGE_VERSION, SMALLEST_EXACT_SIZE, colour_fidelity, judge
 from harness.scorers.base import Scorer
 
 
@@ -50,3 +51,11 @@ class MicroExactScorer(MicroJudgeScorer):
 
     def _value(self, image: Image.Image, caption: str) -> float:
         return float(judge(image, caption).exact)
+
+
+class MicroColourScorer(MicroJudgeScorer):
+    name = "micro_colour"
+    label = "Colour"
+
+    def _value(self, image: Image.Image, caption: str) -> float:
+        return colour_fidelity(image, caption)

@@ -20,6 +20,7 @@ SCORERS: dict[str, str] = {
     "kid": "harness.scorers.fid:KIDScorer",
     "micro_judge": "harness.scorers.micro_judge:MicroJudgeScorer",
     "micro_exact": "harness.scorers.micro_judge:MicroExactScorer",
+    "micro_colour": "harness.scorers.micro_judge:MicroColourScorer",
     "micro_fd": "harness.scorers.micro_fd:MicroFDScorer",
 }
 

@@ -68,10 +68,11 @@ def guidance_frequencies(half: int) -> torch.Tensor:
 
 
 class T5TextEncoder:
-    """T5 v1.1 XXL encoder: 225 tokens padded to max length, no attention mask (pads are attended)."""
+    """T5 v1.1 XXL encoder: ``max_length`` tokens (the official 225), padded to it, no attention mask (pads are
+    attended)."""
 
-    def __init__(self, tokenizer, encoder, device: torch.device, dtype: torch.dtype):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer, encoder, device: torch.device, dtype: torch.dtype, max_length: int = T5_MAX_LENGTH):
+        self.tokenizer, self.max_length = tokenizer, max_length
         from models.base import move
 
         self.encoder = move(encoder, device, dtype).eval()
@@ -97,7 +98,7 @@ class T5TextEncoder:
     @torch.inference_mode()
     def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
         ids = self.tokenizer(
-            list(prompts), padding="max_length", max_length=T5_MAX_LENGTH, truncation=True, return_tensors="pt"
+            list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
         ).input_ids.to(self.device)
         return self.encoder(input_ids=ids).last_hidden_state
 

@@ -48,6 +48,9 @@ _COMMON = {
     "distilled": {"default": False, "schema": {"type": "boolean"}, "doc": "distilled checkpoint: no CFG, guidance embedded"},
     "text_encoder": {"default": "t5", "schema": {"type": "string"}, "doc": "weights entry of the T5 folder"},
     "vae": {"default": "sdxl-vae", "schema": {"type": "string"}, "doc": "weights entry of the SDXL VAE"},
+    "text_tokens": {"default": T5_MAX_LENGTH, "schema": {"type": "integer", "minimum": 2, "maximum": 512},
+                    "doc": "T5 tokens a prompt is padded or truncated to (the official 225; fewer only for a "
+                           "scaled-down model trained with them, e.g. the micro world's)"},
 }
 
 
@@ -63,6 +66,13 @@ class _CogView3(System):
     GUIDANCE_EMBED_DIM: int
 
     TEXT_LIMIT = T5_MAX_LENGTH
+
+    def fingerprint(self) -> dict[str, Any]:
+        fp = super().fingerprint()
+        # The official length leaves the key out, so results made before `text_tokens` existed keep their digests.
+        if fp["params"].get("text_tokens") == T5_MAX_LENGTH:
+            fp["params"] = {k: v for k, v in fp["params"].items() if k != "text_tokens"}
+        return fp
 
     def gpu_dtype(self) -> torch.dtype:
         return torch.bfloat16  # the reference runs fp16; bf16 avoids the fp16 overflow of T5-XXL
@@ -116,6 +126,8 @@ class _CogView3(System):
         else:
             self.files("text_encoder")
             self.text_encoder = T5TextEncoder.from_folder(t5.path, self.device, self.dtype)
+
+        self.text_encoder.max_length = self.params["text_tokens"]
 
         vae = self.component_weights("vae")
         if vae.is_tiny:
