@@ -1,7 +1,7 @@
 """A small image grid of the micro world (prompt x system) for the README: what the models draw, beside the
-ground-truth render of the same caption and the judge's verdict on each image.
+ground-truth render of the same caption, with the judge's score and micro_colour under each image.
 
-    python -m harness micro-grid --config config/micro.yaml --out docs/micro/grid.png
+    python -m harness micro-grid --config config/micro.yaml --out docs/micro-grid.png
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def contact_sheet(config: dict[str, Any], systems: Sequence[str], out: str | Pat
     each); under each generated image the judge's clause score."""
     from harness.io import atomic_write_bytes
     from harness.manifests import open_row_image, read_manifest
-    from harness.micro.judge import judge
+    from harness.micro.judge import colour_fidelity, judge
     from harness.micro.world import evaluation_scene, render
 
     prompts = grid_prompts(config, benchmark, per_category)
@@ -50,7 +50,7 @@ def contact_sheet(config: dict[str, Any], systems: Sequence[str], out: str | Pat
     sheet = Image.new("RGB", (CAPTION_W + CELL * len(columns), LABEL_H + (CELL + LABEL_H) * len(prompts)), "white")
     draw = ImageDraw.Draw(sheet)
     for j, name in enumerate(columns):
-        draw.text((CAPTION_W + j * CELL + 2, 1), name[:16], fill="black")
+        draw.text((CAPTION_W + j * CELL + 2, 1), name.replace("cogview3-distill-", "distilled ")[:16], fill="black")
     for i, p in enumerate(prompts):
         y = LABEL_H + i * (CELL + LABEL_H)
         words, line, lines = p.text.split(), "", []
@@ -70,7 +70,7 @@ def contact_sheet(config: dict[str, Any], systems: Sequence[str], out: str | Pat
                 continue
             image = open_row_image(config["results_dir"], benchmark, s, row).convert("RGB")
             sheet.paste(image.resize((CELL, CELL), Image.NEAREST), (CAPTION_W + j * CELL, y))
-            draw.text((CAPTION_W + j * CELL + 2, y + CELL + 1), f"judge {judge(image, p.text).score:.2f}", fill="black")
+            draw.text((CAPTION_W + j * CELL + 2, y + CELL + 1), f"judge {judge(image, p.text).score:.2f} col {colour_fidelity(image, p.text):.2f}", fill="black")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     import io
