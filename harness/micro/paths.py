@@ -67,10 +67,13 @@ def check_micro(config: dict[str, Any]) -> None:
                               f"trains it; set `{key}: {path}` (or take {key!r} out of config key 'micro')")
     # the models train on T5 states of the base system's token count; a system padding to another count would
     # read states unlike any it was trained on, and nothing would fail
-    from models.cogview3.conditioning import T5_MAX_LENGTH
+    from models.registry import model_class
 
-    lengths = {name: spec.get("text_tokens", T5_MAX_LENGTH) for name, spec in config["systems"].items()
-               if str(spec.get("model", "")).startswith("cogview3")}
+    lengths = {}
+    for name, spec in config["systems"].items():
+        params = model_class(spec["model"]).PARAMS
+        if "text_tokens" in params:  # the CogView3 stages (their default: the official 225)
+            lengths[name] = spec.get("text_tokens", params["text_tokens"]["default"])
     if len(set(lengths.values())) > 1:
         listed = ", ".join(f"{name}: {n}" for name, n in sorted(lengths.items()))
         raise ConfigError(f"config key 'systems.*.text_tokens': the micro world's models train on one T5 length, "
