@@ -9,7 +9,12 @@
 
 A check matches (benchmark, system, metric) with ``*`` wildcards and holds any of ``min``, ``max``
 (bounds on the value) and ``tolerance`` / ``rel_tolerance`` (a band around the golden value:
-|value − golden| <= tolerance + rel_tolerance·|golden|). Values: the mean over prompts of an image
+|value − golden| <= tolerance + rel_tolerance·|golden|). A check with ``versus: <system>`` bounds the paired
+difference instead, value(system) − value(versus) on the same benchmark and metric (same prompts, same
+seeds), with ``min`` / ``max``, and ``max_p``: the two-sided p-value of the paired bootstrap over prompts
+(:func:`harness.stats.paired_bootstrap`, the test Table 1 prints) must not exceed it. A gain that one configuration must
+show over another on the same run, e.g. what classifier-free guidance adds over the same models unguided:
+``{system: cogview3, versus: cogview3-unguided, metric: micro_colour, min: 0.0, max_p: 0.01}``. Values: the mean over prompts of an image
 metric, the value of a set metric (FID/KID). Every breach is listed; the gate exits non-zero if any.
 A check that matches nothing, or a band with no golden value, is itself a breach (a typo must not
 pass silently). Outputs: Markdown, JSON and JUnit XML side by side.
@@ -21,7 +26,7 @@ import fnmatch
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
@@ -33,7 +38,7 @@ from harness.io import atomic_write_json, atomic_write_text
 from harness.manifests import images_digest
 from harness.render import banner
 
-CHECK_KEYS = {"benchmark", "system", "metric", "min", "max", "tolerance", "rel_tolerance"}
+CHECK_KEYS = {"benchmark", "system", "metric", "versus", "max_p", "min", "max", "tolerance", "rel_tolerance"}
 
 
 def load_thresholds(path: str | Path) -> dict[str, Any]:
@@ -50,9 +55,17 @@ def load_thresholds(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: checks.{i}: unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(CHECK_KEYS))}")
         if not {"min", "max", "tolerance", "rel_tolerance"} & set(c):
             raise ConfigError(f"{path}: checks.{i} sets none of min, max, tolerance, rel_tolerance")
-        for k in ("min", "max", "tolerance", "rel_tolerance"):
+        for k in ("min", "max", "max_p", "tolerance", "rel_tolerance"):
             if k in c and not isinstance(c[k], (int, float)):
                 raise ConfigError(f"{path}: checks.{i}.{k}: {c[k]!r} is not a number")
+        if "versus" in c:
+            if {"tolerance", "rel_tolerance"} & set(c) or not {"min", "max"} & set(c):
+                raise ConfigError(f"{path}: checks.{i}: a 'versus' check bounds a difference with min and/or max "
+                                  "(no golden band)")
+            if any(ch in str(c.get(k, "*")) for k in ("system", "versus") for ch in "*?["):
+                raise ConfigError(f"{path}: checks.{i}: 'system' and 'versus' of a paired check name one system each")
+        if "max_p" in c and "versus" not in c:
+            raise ConfigError(f"{path}: checks.{i}: max_p bounds the paired test of a 'versus' check; add versus")
     data["path"] = str(path)
     return data
 
@@ -91,28 +104,28 @@ class CheckResult:
     direction: str = ""
 
 
-def evaluate(thresholds: dict[str, Any], values: dict[str, dict], golden: dict[str, dict]) -> list[CheckResult]:
+def evaluate(thresholds: dict[str, Any], values: dict[str, dict], golden: dict[str, dict],
+             per_prompt: Callable[[str], dict[str, float]] | None = None) -> list[CheckResult]:
+    """Every check against ``values``; ``per_prompt('benchmark/system/metric')`` gives the per-prompt scores
+    that a ``max_p`` check tests (:func:`per_prompt_reader`)."""
     results = []
     for i, c in enumerate(thresholds["checks"]):
         pattern = "/".join(str(c.get(k, "*")) for k in ("benchmark", "system", "metric"))
         keys = sorted(k for k in values if fnmatch.fnmatchcase(k, pattern))
-        name = f"checks.{i} ({pattern})"
+        name = f"checks.{i} ({pattern}" + (f" versus {c['versus']})" if "versus" in c else ")")
         if not keys:
             results.append(CheckResult(pattern, name, None, None, False,
                                        "matches no computed value: check the names, or run the scoring first"))
+            continue
+        if "versus" in c:
+            results.extend(_paired(c, name, keys, values, per_prompt))
             continue
         for key in keys:
             v = values[key]["value"]
             g_row = golden.get(key)
             g = g_row["value"] if g_row else None
             changed = None if not g_row or not g_row.get("images") else g_row["images"] != values[key]["images"]
-            problems = []
-            if not np.isfinite(v):
-                problems.append(f"value is {v}")
-            if "min" in c and not v >= c["min"]:
-                problems.append(f"{v:.6g} < min {c['min']}")
-            if "max" in c and not v <= c["max"]:
-                problems.append(f"{v:.6g} > max {c['max']}")
+            problems = _bounds(c, v)
             if "tolerance" in c or "rel_tolerance" in c:
                 if g is None:
                     problems.append("no golden value (run `python -m harness regression --update-golden`)")
@@ -123,6 +136,44 @@ def evaluate(thresholds: dict[str, Any], values: dict[str, dict], golden: dict[s
             results.append(CheckResult(key, name, v, g, not problems, "; ".join(problems) or "ok", changed,
                                        direction(key, v, g)))
     return results
+
+
+def _bounds(c: dict[str, Any], v: float) -> list[str]:
+    problems = [] if np.isfinite(v) else [f"value is {v}"]
+    if "min" in c and not v >= c["min"]:
+        problems.append(f"{v:.6g} < min {c['min']}")
+    if "max" in c and not v <= c["max"]:
+        problems.append(f"{v:.6g} > max {c['max']}")
+    return problems
+
+
+def _paired(c: dict[str, Any], name: str, keys: list[str], values: dict[str, dict],
+            per_prompt: Callable[[str], dict[str, float]] | None) -> list[CheckResult]:
+    """The ``versus`` checks: value(system) − value(versus), per matched benchmark, and its paired test."""
+    from harness.stats import paired_bootstrap
+
+    out = []
+    for key in keys:
+        bench, system, metric = key.split("/")
+        other = f"{bench}/{c['versus']}/{metric}"
+        shown = f"{bench}/{system} − {c['versus']}/{metric}"
+        if other not in values:
+            out.append(CheckResult(shown, name, None, None, False,
+                                   f"{other} has no value: add system {c['versus']!r} to the config, or run its scoring"))
+            continue
+        v = values[key]["value"] - values[other]["value"]
+        problems = _bounds(c, v)
+        detail = ""
+        if "max_p" in c:
+            if per_prompt is None:
+                raise HarnessError(f"{name}: max_p needs the per-prompt scores; pass per_prompt to evaluate()")
+            test = paired_bootstrap(per_prompt(key), per_prompt(other))
+            detail = f"paired bootstrap: {test.fmt(4)}"
+            if not test.p_value <= c["max_p"]:
+                problems.append(f"p={test.p_value:.4g} > max_p {c['max_p']} (the gain is not distinguishable from 0)")
+        message = "; ".join(problems) or "ok"
+        out.append(CheckResult(shown, name, v, None, not problems, f"{message} ({detail})" if detail else message))
+    return out
 
 
 def direction(key: str, value: float, golden: float | None) -> str:
@@ -164,6 +215,14 @@ def render_junit(results: list[CheckResult]) -> str:
     return "\n".join(out) + "\n"
 
 
+def per_prompt_reader(config: dict[str, Any]) -> Callable[[str], dict[str, float]]:
+    """'benchmark/system/metric' -> that score file's mean score per prompt (checked as the tables read it)."""
+    from harness.scores import ScoreReader
+
+    reader = ScoreReader(config)
+    return lambda key: reader.read(*key.split("/")).per_prompt()
+
+
 def run_regression(config: dict[str, Any], out: str | Path, update_golden: bool = False) -> bool:
     """Write the gate's reports (``out`` .md, .json, .junit.xml); True when every check holds."""
     thresholds = load_thresholds(config["thresholds"])
@@ -175,7 +234,7 @@ def run_regression(config: dict[str, Any], out: str | Path, update_golden: bool 
         atomic_write_json(golden_path, {"profile": config["profile"], "values": values})
         print(f"golden values ({len(values)}) -> {golden_path}")
     golden = json.loads(golden_path.read_text())["values"] if golden_path.is_file() else {}
-    results = evaluate(thresholds, values, golden)
+    results = evaluate(thresholds, values, golden, per_prompt_reader(config))
     out = Path(out)
     atomic_write_text(out, render_markdown(config, results, thresholds["path"], str(golden_path)))
     atomic_write_json(out.with_suffix(".json"), {"passed": all(r.passed for r in results),

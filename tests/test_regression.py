@@ -74,3 +74,38 @@ def test_cli_exit_code_and_bad_threshold_files(scored, capsys):
     (tmp / "t.yaml").write_text(yaml.safe_dump({"checks": [{"metric": "aesthetic", "maximum": 1}]}))
     with pytest.raises(ConfigError, match="checks.0: unknown key 'maximum'"):
         gate(tmp, cfg, [{"metric": "aesthetic", "maximum": 1}])
+
+
+def test_versus_check_bounds_the_paired_difference(scored):
+    """``versus`` gates value(system) − value(versus): it holds at the measured gain and breaches above it, and
+    names a versus system that has no value instead of passing."""
+    tmp, cfg = scored
+    gate(tmp, cfg, [{"benchmark": "smoke", "system": "*", "metric": "*", "rel_tolerance": 1e-4}], golden="g3.json",
+         update=True)
+    golden = json.loads((tmp / "g3.json").read_text())["values"]
+    gain = golden["smoke/a/aesthetic"]["value"] - golden["smoke/b/aesthetic"]["value"]
+    assert gain != 0.0  # 2 vs 3 sampler steps: different images
+    pair = {"benchmark": "smoke", "system": "a", "versus": "b", "metric": "aesthetic"}
+    assert gate(tmp, cfg, [dict(pair, min=gain - 1e-6, max=gain + 1e-6)], golden="g3.json")
+    assert f"{gain:.6g}" in (tmp / "reports" / "regression.md").read_text()
+    assert not gate(tmp, cfg, [dict(pair, min=gain + 1e-3)], golden="g3.json")
+    report = (tmp / "reports" / "regression.md").read_text()
+    assert "smoke/a − b/aesthetic" in report and f"< min {gain + 1e-3}" in report
+    assert not gate(tmp, cfg, [dict(pair, versus="c", min=0.0)], golden="g3.json")
+    assert "smoke/c/aesthetic has no value" in (tmp / "reports" / "regression.md").read_text()
+    # max_p: the paired bootstrap of Table 1 on the per-prompt scores; a system against itself (what CFG switched
+    # off makes of cogview3 against cogview3-unguided) has p = 1
+    assert not gate(tmp, cfg, [dict(pair, versus="a", min=-1.0, max_p=0.5)], golden="g3.json")
+    assert "p=1 > max_p 0.5" in (tmp / "reports" / "regression.md").read_text()
+    from harness.regression import per_prompt_reader
+    from harness.stats import paired_bootstrap
+    read = per_prompt_reader(cfg)
+    test = paired_bootstrap(read("smoke/a/aesthetic"), read("smoke/b/aesthetic"))
+    assert gate(tmp, cfg, [dict(pair, min=-1.0, max_p=test.p_value)], golden="g3.json")
+    assert f"paired bootstrap: {test.fmt(4)}" in (tmp / "reports" / "regression.md").read_text()
+    with pytest.raises(ConfigError, match="no golden band"):
+        gate(tmp, cfg, [dict(pair, tolerance=0.1)])
+    with pytest.raises(ConfigError, match="max_p bounds the paired test"):
+        gate(tmp, cfg, [{"system": "a", "metric": "aesthetic", "min": 0.0, "max_p": 0.1}])
+    with pytest.raises(ConfigError, match="name one system each"):
+        gate(tmp, cfg, [dict(pair, system="*", min=0.0)])

@@ -54,6 +54,12 @@ _COMMON = {
 }
 
 
+def _passes(params: dict[str, Any]) -> int:
+    """Network evaluations per sampler step: 2 under CFG; 1 for a distilled model (guidance embedded) or at
+    guidance 1, where :class:`CogView3Denoiser` runs the conditional batch alone."""
+    return 1 if params["distilled"] or params["guidance"] == 1.0 else 2
+
+
 def _tiny_seed(key: str) -> int:
     return int.from_bytes(key.encode()[:8].ljust(8, b"\0"), "little") % (2**31)
 
@@ -224,7 +230,7 @@ class CogView3BaseSystem(_CogView3):
 
     @classmethod
     def unet_calls(cls, params, input_resolution=None):
-        return [(params["steps"] * (1 if params["distilled"] else 2), params["resolution"])]
+        return [(params["steps"] * _passes(params), params["resolution"])]
 
     @classmethod
     def denoiser_stages(cls, params, input_resolution=None):
@@ -300,7 +306,7 @@ class CogView3RelaySystem(_CogView3):
     @classmethod
     def unet_calls(cls, params, input_resolution=None):
         steps = len(relay_timesteps(params["t_r"], params["steps"]))
-        return [(steps * (1 if params["distilled"] else 2), (input_resolution or 512) * params["scale"])]
+        return [(steps * _passes(params), (input_resolution or 512) * params["scale"])]
 
     @classmethod
     def denoiser_stages(cls, params, input_resolution=None):
