@@ -93,6 +93,12 @@ def cmd_table(args) -> None:
     print(f"wrote {out} (and its companion files)")
 
 
+def cmd_metrics_agreement(args) -> None:
+    from harness.agreement import write_agreement
+
+    print(f"wrote {write_agreement(_config(args), args.out)} (and its CSV)")
+
+
 def cmd_expand(args) -> None:
     from harness.expansion import run_expansion
 
@@ -266,16 +272,14 @@ def cmd_micro_train(args) -> None:
 
 def cmd_micro_gate(args) -> int:
     from harness.io import atomic_write_text
-    from harness.micro.gate import VARIANTS, relay_chain, render, run_variant
+    from harness.micro.gate import VARIANTS, relay_chain, render, run_variants
     from harness.render import banner
 
     cfg = _config(args)
-    _threads(args.threads)
     names = args.variant or list(VARIANTS)
-    results = []
-    for name in names:
-        results.append(run_variant(cfg, name, Path(args.out) / name))
-        r = results[-1]
+    results = list(run_variants(cfg, names, Path(args.out)).values())
+    for r in results:
+        name = r.variant.name
         print(f"{name}: {'breach' if r.breached else 'pass'} ({len(r.breached)} of {len(r.results)} checks breached; "
               f"expected {'a breach' if r.variant.harmful else 'a pass'})", flush=True)
     text = "\n".join([banner(cfg), "", "# The micro gate against known bugs and harmless changes", "",
@@ -367,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
         t = sub.add_parser(name, help=f"write {what} with its CSV/LaTeX/plot companions")
         t.add_argument("--out", required=True)
         t.set_defaults(func=cmd_table)
+
+    a = sub.add_parser("metrics-agreement", help="Kendall's tau between every pair of the config's metrics, "
+                       "per benchmark, over systems and over images")
+    a.add_argument("--out", required=True)
+    a.set_defaults(func=cmd_metrics_agreement)
 
     e = sub.add_parser("expand", help="expand a benchmark's prompts (cached) for systems with expand: true")
     e.add_argument("--benchmark", required=True, help=benchmark_help)

@@ -143,21 +143,25 @@ def test_an_untrained_base_scores_near_chance_and_the_trained_one_above_it():
 
     from harness.micro.judge import judge
     from harness.micro.world import evaluation_prompts
-    from harness.scores import ScoreReader
+    from PIL import Image
+
     from models.registry import build_system
 
     results = trained_world()
     cfg = load_config(MICRO)
     weights = {**cfg["weights"], "untrained": str(results / "micro" / "cogview3-base" / ".state" / "init")}
     spec = {**cfg["systems"]["cogview3-base"], "weights": "untrained"}
-    system = build_system("untrained", spec, weights, "cpu", "float32", batch_invariant=True)
+    system = build_system("untrained", spec, weights, "cpu", "float32", batch_invariant=False)
     rows = evaluation_prompts()[::4]
     images = []
     for i in range(0, len(rows), 14):
         images += system.generate([c for _, c, _ in rows[i:i + 14]], list(range(i, i + len(rows[i:i + 14]))))
     untrained = mean(judge(im, c).score for im, (_, c, _) in zip(images, rows))
-    trained, _ = ScoreReader(cfg).read("micro-drawbench", "cogview3-base", "micro_judge").aggregate()
-    print(f"judge: untrained base {untrained:.3f} (56 prompts), trained base {trained:.3f} (224)")
+    # the trained base's images of the same prompts, as the DAG generated them (a stage: not scored on its own)
+    stage = results / "micro-drawbench" / "cogview3-base"
+    made = {r["prompt_id"]: stage / r["image"] for r in map(json.loads, (stage / "manifest.jsonl").read_text().splitlines())}
+    trained = mean(judge(Image.open(made[i]), c).score for i, c, _ in rows)
+    print(f"judge: untrained base {untrained:.3f}, trained base {trained:.3f} (the same {len(rows)} prompts)")
     assert untrained < 0.2  # shuffled ground-truth captions score 0.20 (tests/test_micro_world.py)
     assert trained > untrained
 
@@ -191,9 +195,10 @@ def test_a_micro_run_killed_during_training_resumes_from_its_checkpoint(tmp_path
                                 env={**os.environ, "HF_HUB_OFFLINE": "1"})
         deadline = time.monotonic() + 600
         base_log = tmp_path / "results-micro" / "logs" / "micro" / "cogview3-base.log"
-        while not (base_log.is_file() and re.search(r"step (2\d|3\d)/60", base_log.read_text())):
+        # step 20 is logged just before its checkpoint is written: kill after step 21, past that checkpoint
+        while not (base_log.is_file() and re.search(r"step (2[1-9]|3\d)/60", base_log.read_text())):
             assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the base model never trained past step 20"
+            assert time.monotonic() < deadline, "the base model never trained past step 21"
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
