@@ -98,7 +98,8 @@ def report_units(config: dict[str, Any]) -> dict[str, set[tuple[str, str]]]:
 
     out = {"table1": units(table1_benchmarks(config), final_systems(config)),
            "table2": units(table2_benchmarks(config), final_systems(config)),
-           "regression": units(config["benchmarks"], scored_systems(config))}
+           "regression": units(config["benchmarks"], scored_systems(config)),
+           "metrics_agreement": units(config["benchmarks"], scored_systems(config))}
     if tr_sweep_points(config):
         out["table3"] = units([table3_benchmark(config)], [s for _, s in tr_sweep_points(config)])
     if expansion_pairs(config):

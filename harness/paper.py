@@ -26,3 +26,13 @@ def paper_time_cost(system: str) -> float | None:
     """Table 1's time cost of a system (seconds per batch of 4 on one A100), by config/paper.yaml's names."""
     value = (paper_values().get("time_cost_s") or {}).get(system)
     return None if value is None else float(value)
+
+
+def paper_metrics(table: str) -> list[str]:
+    """The metrics the paper prints in ``table`` ("table1", "table2", "table3"), in its column order (the order of
+    the entered rows' keys); a table shows these first, then any other configured metric."""
+    seen: dict[str, None] = {}
+    for rows in (paper_values().get(table) or {}).values():
+        for row in rows.values():
+            seen.update(dict.fromkeys(row))
+    return list(seen)

@@ -16,7 +16,7 @@ from harness.ablations import sweep_source
 from harness.errors import HarnessError
 from harness.io import atomic_write_text, records_csv
 from harness.manifests import generation_seconds
-from harness.paper import paper_time_cost, paper_value
+from harness.paper import paper_metrics, paper_time_cost, paper_value
 from harness.prompts import BENCHMARKS
 from harness.render import Cell, Table, banner, mark_short_cells, plot_banner, render_csv, render_latex, render_markdown
 from harness.scorers.registry import scorer_class
@@ -38,15 +38,23 @@ def image_metrics(config: dict[str, Any]) -> list[str]:
     return [m for m in config["metrics"] if not scorer_class(m).set_metric]
 
 
+def _paper_first(metrics: list[str], table: str) -> list[str]:
+    """The paper's columns of ``table`` first, in its order and unchanged; every other metric after them."""
+    paper = [m for m in paper_metrics(table) if m in metrics]
+    return paper + [m for m in metrics if m not in paper]
+
+
 def table1_metrics(config: dict[str, Any]) -> list[str]:
-    """Per-image metrics, then set metrics (a set metric shows only where it applies to a Table 1
-    benchmark: the micro world's distance, not FID/KID, whose benchmarks are Table 2's)."""
-    return image_metrics(config) + [m for m in config["metrics"] if scorer_class(m).set_metric]
+    """The paper's columns (Aes, HPS v2.0, ImageReward), then the other per-image metrics in config order (HPS v2.1,
+    CLIP score, ...), then set metrics (a set metric shows only where it applies to a Table 1 benchmark: the micro
+    world's distance, not FID/KID, whose benchmarks are Table 2's)."""
+    return _paper_first(image_metrics(config) + [m for m in config["metrics"] if scorer_class(m).set_metric], "table1")
 
 
 def table2_metrics(config: dict[str, Any]) -> list[str]:
-    """Set metrics (FID, KID) first, then the per-image ones."""
-    return [m for m in config["metrics"] if scorer_class(m).set_metric] + image_metrics(config)
+    """The paper's columns (FID, Aes, HPS v2.0, ImageReward), then the other set metrics, then the other per-image
+    ones."""
+    return _paper_first([m for m in config["metrics"] if scorer_class(m).set_metric] + image_metrics(config), "table2")
 
 
 def table3_metrics(config: dict[str, Any]) -> list[str]:

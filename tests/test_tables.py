@@ -3,12 +3,13 @@
 import json
 
 import pytest
+import yaml
 
 from harness.errors import HarnessError
 from harness.manifests import scores_path
 from harness.scoring import run_scoring
 from harness.tables import write_table1
-from tests.conftest import smoke_config
+from tests.conftest import ROOT, smoke_config
 from tests.helpers import generate
 
 
@@ -101,7 +102,7 @@ def test_paper_tables_print_the_paper_value_and_the_difference(tmp_path, monkeyp
     assert record["paper"] == 0.847 and record["diff_vs_paper"] == pytest.approx(IMAGE_SCORE - 0.847)
     # Every paper cell is filled: 6 systems x 2 benchmarks x (Aes, HPS v2, ImageReward); the released
     # 12-step relay and CLIP score (not in the paper) print none.
-    columns = [f"{b} {m}" for b in ("DrawBench", "PartiPrompts") for m in ("Aes ↑", "HPS v2 ↑", "ImageReward ↑")]
+    columns = [f"{b} {m}" for b in ("DrawBench", "PartiPrompts") for m in ("Aes ↑", "HPS v2.0 ↑", "ImageReward ↑")]
     assert all("(paper " in t1[s][c] for s in PAPER_ROWS for c in columns)
     assert not any("(paper " in cell for cell in t1["cogview3-official"].values())
     assert not any("(paper " in t1[s][c] for s in t1 for c in t1[s] if "CLIP" in c)
@@ -111,16 +112,16 @@ def test_paper_tables_print_the_paper_value_and_the_difference(tmp_path, monkeyp
     t2 = markdown_cells(render_markdown(table, "> banner"))
     assert t2["cogview3"]["COCO-5k FID ↓"] == "30.0000 (N=5000) (paper 31.630, Δ -1.630)"
     assert t2["cogview3-distill-8+2"]["COCO-5k ImageReward ↑"].endswith("(paper 0.921, Δ -0.021)")
-    columns = [f"COCO-5k {m}" for m in ("FID ↓", "Aes ↑", "HPS v2 ↑", "ImageReward ↑")]
+    columns = [f"COCO-5k {m}" for m in ("FID ↓", "Aes ↑", "HPS v2.0 ↑", "ImageReward ↑")]
     assert all("(paper " in t2[s][c] for s in PAPER_ROWS for c in columns)
     assert not any("(paper " in t2[s][c] for s in t2 for c in t2[s] if "KID" in c)
 
     # Table 3: rows are keyed by T_r; the paper reports HPS v2 and ImageReward there, not Aes.
     t3 = markdown_cells(tables.write_table3(cfg, tmp_path / "reports" / "table3.md").read_text())
     assert t3["500"]["ImageReward ↑"].endswith("(paper 0.847, Δ +0.053)")
-    assert t3["800"]["HPS v2 ↑"].endswith(f"(paper 0.286, Δ {IMAGE_SCORE - 0.286:+.3f})")
+    assert t3["800"]["HPS v2.0 ↑"].endswith(f"(paper 0.286, Δ {IMAGE_SCORE - 0.286:+.3f})")
     assert all("(paper " in t3[t][m] for t in ("200", "400", "500", "600", "800")
-               for m in ("HPS v2 ↑", "ImageReward ↑"))
+               for m in ("HPS v2.0 ↑", "ImageReward ↑"))
     assert not any("(paper " in t3[t]["Aes ↑"] for t in t3)
 
 
@@ -176,3 +177,18 @@ def test_table3_has_one_row_per_t_r_and_the_form_paper_row(tmp_path, monkeypatch
     assert float(records["cogview3-form-paper-tr500"]["mean"]) == pytest.approx(0.7)
     assert records["cogview3-form-paper-tr500"]["extra"] == "t_r=500; form=paper"
     assert records["cogview3-tr500"]["extra"] == "t_r=500"
+
+
+def test_the_papers_columns_come_first_and_extra_metrics_follow_in_config_order(tmp_path):
+    """Issue 18: Tables 1 and 2 take any configured metric as an extra column; the paper's columns stay first, in
+    the paper's order, whatever order the config lists them in; HPS v2.0 and v2.1 are two columns, each with its
+    version in the header."""
+    from harness import tables
+    from harness.scorers.registry import scorer_class
+
+    weights = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["weights"]
+    cfg = smoke_config(tmp_path, metrics=["hpsv21", "clip_score", "kid", "imagereward", "hpsv2", "fid", "aesthetic"],
+                       weights={**weights, "hpsv21": "tiny", "fid": "tiny", "kid": "tiny"})
+    assert tables.table1_metrics(cfg) == ["aesthetic", "hpsv2", "imagereward", "hpsv21", "clip_score", "kid", "fid"]
+    assert tables.table2_metrics(cfg) == ["fid", "aesthetic", "hpsv2", "imagereward", "kid", "hpsv21", "clip_score"]
+    assert [scorer_class(m).heading() for m in ("hpsv2", "hpsv21")] == ["HPS v2.0 ↑", "HPS v2.1 ↑"]

@@ -171,7 +171,7 @@ def test_smoke_dag_writes_every_report_and_a_rerun_does_nothing(tmp_path, data_d
     table = (tmp_path / "reports" / "table1.md").read_text().splitlines()
     assert table[0] == BANNERS["smoke"]
     header = next(line for line in table if line.startswith("| Model"))
-    assert ("| Model | Steps | UNet calls | Time cost (paper) | DrawBench Aes ↑ | DrawBench HPS v2 ↑ | DrawBench ImageReward ↑ | "
+    assert ("| Model | Steps | UNet calls | Time cost (paper) | DrawBench Aes ↑ | DrawBench HPS v2.0 ↑ | DrawBench ImageReward ↑ | "
             "DrawBench CLIP score ↑ | PartiPrompts Aes ↑") in header
     main_table = table[: table.index(next(line for line in table if line.startswith("## Paired")))]
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in main_table if line.startswith("| ")}
@@ -193,7 +193,7 @@ def test_smoke_dag_writes_every_report_and_a_rerun_does_nothing(tmp_path, data_d
     assert "(N=2)" in row[4]  # DrawBench Aes filled from 2 prompts
     assert "(N=2)" in row[5] and "(N=2)" in row[6] and "(N=2)" in row[7] and row[8] == "–"  # HPS, IR, CLIP; no Parti
     assert "- benchmark `parti` not in this config's benchmarks" in table
-    paired = next(line for line in table if line.startswith("| DrawBench | HPS v2 ↑ |"))
+    paired = next(line for line in table if line.startswith("| DrawBench | HPS v2.0 ↑ |"))
     assert paired.count("(N=2)") == 6  # cogview3 minus each of the six other rows
     assert len(list((tmp_path / "results" / "drawbench" / "sdxl" / "images").glob("*.png"))) == 2
 

@@ -108,6 +108,24 @@ rule regression:
         "python -m harness regression --config-snapshot {params.snapshot} --out {output.md} 2>&1 | tee {log}"
 
 
+rule metrics_agreement:
+    # Kendall's tau between every pair of the config's metrics, over systems and over images (harness/agreement.py).
+    input:
+        regression_inputs,
+    output:
+        md=report(f"{REPORTS}/metrics_agreement.md", caption="report/metrics_agreement.rst", category="Metric agreement",
+                  labels={"content": "Kendall tau", "format": "Markdown"}),
+        csv=f"{REPORTS}/metrics_agreement.csv",
+    log:
+        f"{LOGS}/metrics_agreement.log",
+    params:
+        snapshot=SNAPSHOT,
+    conda:
+        HARNESS_ENV
+    shell:
+        "python -m harness metrics-agreement --config-snapshot {params.snapshot} --out {output.md} > {log} 2>&1"
+
+
 rule timecost:
     # Runs alone (all cores) so the timings are not disturbed by other jobs.
     output:

@@ -107,7 +107,7 @@ def load_hps_model(path, device, dtype) -> torch.nn.Module:
 
 class HPSv2Scorer(Scorer):
     name = "hpsv2"
-    label = "HPS v2"
+    label = "HPS v2.0"  # the version in every header, v2.1 being its own column; the paper's "HPS v2" is compared with v2.0
     VERSION = "v2.0"
     CHECKPOINT = "HPS_v2_compressed.pt"
     FILES = (CHECKPOINT,)
