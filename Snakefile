@@ -133,7 +133,7 @@ rule all:
 # Light jobs run in the main process even on a cluster (merge_manifest says so itself: it exists
 # only with shards > 1).
 # The reports the start-of-run check may remove when results they were built from are gone.
-REPORT_RULES = ("table1", "table2", "table3", "ablation_expansion", "regression", "metrics_agreement")
+REPORT_RULES = ("table1", "table2", "table3", "ablation_expansion", "regression", "metrics_agreement", "gallery")
 
 localrules:
     expand_prompts,

@@ -93,6 +93,12 @@ def cmd_table(args) -> None:
     print(f"wrote {out} (and its companion files)")
 
 
+def cmd_gallery(args) -> None:
+    from harness.gallery import write_gallery
+
+    print(f"wrote {write_gallery(_config(args), args.out)} (images, thumbnails and contact sheets beside it)")
+
+
 def cmd_metrics_agreement(args) -> None:
     from harness.agreement import write_agreement
 
@@ -371,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
         t = sub.add_parser(name, help=f"write {what} with its CSV/LaTeX/plot companions")
         t.add_argument("--out", required=True)
         t.set_defaults(func=cmd_table)
+
+    g = sub.add_parser("gallery", help="the static image gallery (prompts x systems, T_r strip, expansion view) and "
+                       "the tables' contact sheets")
+    g.add_argument("--out", required=True, help="its index.html")
+    g.set_defaults(func=cmd_gallery)
 
     a = sub.add_parser("metrics-agreement", help="Kendall's tau between every pair of the config's metrics, "
                        "per benchmark, over systems and over images")

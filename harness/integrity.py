@@ -89,6 +89,7 @@ def report_units(config: dict[str, Any]) -> dict[str, set[tuple[str, str]]]:
     from harness.ablations import expansion_pairs, tr_sweep_points
     from harness.expansion_report import expansion_benchmarks
     from harness.humaneval.export import humaneval_systems
+    from harness.gallery import gallery_shown
     from harness.systems import final_systems, scored_systems, stage_chain
     from harness.tables import table1_benchmarks, table2_benchmarks, table3_benchmark
 
@@ -99,7 +100,8 @@ def report_units(config: dict[str, Any]) -> dict[str, set[tuple[str, str]]]:
     out = {"table1": units(table1_benchmarks(config), final_systems(config)),
            "table2": units(table2_benchmarks(config), final_systems(config)),
            "regression": units(config["benchmarks"], scored_systems(config)),
-           "metrics_agreement": units(config["benchmarks"], scored_systems(config))}
+           "metrics_agreement": units(config["benchmarks"], scored_systems(config)),
+           "gallery": units(config["benchmarks"], gallery_shown(config))}
     if tr_sweep_points(config):
         out["table3"] = units([table3_benchmark(config)], [s for _, s in tr_sweep_points(config)])
     if expansion_pairs(config):

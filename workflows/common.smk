@@ -195,6 +195,20 @@ def expansion_inputs(w):
             + [f"{RESULTS}/{b}/expansions.jsonl" for b in benchmarks])
 
 
+def gallery_sheet_tables():
+    from harness.gallery import sheet_tables
+
+    return list(sheet_tables(config))
+
+
+def gallery_inputs(w):
+    from harness.gallery import gallery_shown
+
+    return (manifests(config["benchmarks"], gallery_shown(config))
+            + score_files(config["benchmarks"], [s for s in gallery_shown(config) if s in scored_systems(config)],
+                          [m for m in config["metrics"] if not scorer_class(m).set_metric]))
+
+
 def regression_inputs(w):
     return score_files(config["benchmarks"], scored_systems(config), config["metrics"])
 

@@ -108,6 +108,25 @@ rule regression:
         "python -m harness regression --config-snapshot {params.snapshot} --out {output.md} 2>&1 | tee {log}"
 
 
+rule gallery:
+    # Every image of the table systems (and CogView3's base stage), the T_r strip and the expansion view, with scores.
+    input:
+        gallery_inputs,
+    output:
+        html=report(f"{REPORTS}/gallery/index.html", caption="report/gallery.rst", category="Gallery",
+                    labels={"content": "gallery", "format": "HTML"}),
+        sheets=[report(f"{REPORTS}/gallery/sheet-{t}.png", caption="report/gallery.rst", category="Gallery",
+                       labels={"content": f"contact sheet {t}", "format": "PNG"}) for t in gallery_sheet_tables()],
+    log:
+        f"{LOGS}/gallery.log",
+    params:
+        snapshot=SNAPSHOT,
+    conda:
+        HARNESS_ENV
+    shell:
+        "python -m harness gallery --config-snapshot {params.snapshot} --out {output.html} > {log} 2>&1"
+
+
 rule metrics_agreement:
     # Kendall's tau between every pair of the config's metrics, over systems and over images (harness/agreement.py).
     input:
