@@ -24,7 +24,9 @@ $(error $(VENV) was set up with $(if $(INSTALLED_CUDA),TORCH_CUDA=$(INSTALLED_CU
 endif
 endif
 
-.PHONY: setup setup-slurm demo test test-slow regression micro micro-gate clean
+REFERENCE_ENV := $(VENV)/reference
+
+.PHONY: setup setup-slurm reference-env demo test test-slow regression micro micro-gate clean
 
 $(STAMP): requirements/base.txt requirements/lock.txt requirements/nodeps.txt pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +41,13 @@ setup: $(STAMP)
 # The optional SLURM executor (extra `slurm`) for `snakemake --profile profiles/slurm`, pinned by the same lock.
 setup-slurm: setup
 	$(BIN)/pip install -q -c $(CONSTRAINTS) -r requirements/slurm.txt
+
+# Reference code for the scorer equality tests (requirements/reference.txt): t2v_metrics and transformers 4.49.
+reference-env: $(REFERENCE_ENV)/.installed
+$(REFERENCE_ENV)/.installed: requirements/reference.txt | $(STAMP)
+	rm -rf $(REFERENCE_ENV)
+	$(BIN)/pip install -q --no-deps --target $(REFERENCE_ENV) -r requirements/reference.txt
+	touch $@
 
 demo: setup  # rule all: Table 1, Table 3 and the expansion ablation
 	$(BIN)/snakemake --cores all

@@ -2,6 +2,8 @@
 processor, written by save_pretrained from the tiny build) scores as the reference code's formula computes it on the
 same folders, and a missing file is one error naming it."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from PIL import Image
 from harness.errors import HarnessError
 from harness.scorers.pickscore import MODEL_DIR, PROCESSOR_DIR, tiny_pickscore
 from harness.scorers.registry import build_scorer
+from tests.reference_env import run_reference
 
 PROMPTS = ["a red cube on a table", "two cats", "an astronaut riding a horse, oil painting"]
 
@@ -18,23 +21,26 @@ def images():
     return [Image.fromarray(np.random.default_rng(i).integers(0, 256, (96, 128, 3), dtype=np.uint8)) for i in range(3)]
 
 
-def reference_scores(folder, imgs, prompts):
-    """The PickScore README's computation, one prompt against its image at a time."""
-    from transformers import AutoModel, AutoProcessor
+def write_processor_folder(processor, config, folder):
+    """As the Hub's CLIP-ViT-H-14 folder holds it: its model's config.json, preprocessor_config.json naming
+    CLIPImageProcessor, and the tokenizer files (transformers 5 would write one processor_config.json naming its PIL
+    class)."""
+    config.save_pretrained(folder)
+    processor.image_processor.save_pretrained(folder)
+    processor.tokenizer.save_pretrained(folder)
+    config = folder / "preprocessor_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"image_processor_type": "CLIPImageProcessor"}))
 
-    processor = AutoProcessor.from_pretrained(folder / PROCESSOR_DIR)
-    model = AutoModel.from_pretrained(folder / MODEL_DIR).eval()
-    out = []
-    with torch.no_grad():
-        for image, prompt in zip(imgs, prompts):
-            image_inputs = processor(images=[image], padding=True, truncation=True, max_length=77, return_tensors="pt")
-            text_inputs = processor(text=prompt, padding=True, truncation=True, max_length=77, return_tensors="pt")
-            image_embs = model.get_image_features(**image_inputs).pooler_output
-            image_embs = image_embs / torch.norm(image_embs, dim=-1, keepdim=True)
-            text_embs = model.get_text_features(**text_inputs).pooler_output
-            text_embs = text_embs / torch.norm(text_embs, dim=-1, keepdim=True)
-            out.append(float((model.logit_scale.exp() * (text_embs @ image_embs.T))[0, 0]))
-    return out
+
+def reference_scores(folder, tmp, imgs, prompts):
+    """The PickScore README's computation on transformers 4.49 (tests/pickscore_reference.py, in the reference env)."""
+    paths = []
+    for i, im in enumerate(imgs):
+        paths.append(str(tmp / f"image{i}.png"))
+        im.save(paths[-1])
+    request = tmp / "request.json"
+    request.write_text(json.dumps({"images": paths, "prompts": list(prompts)}))
+    return run_reference("pickscore_reference.py", str(folder), str(request), cwd=tmp)
 
 
 def test_a_saved_pickscore_folder_scores_as_the_reference_formula(tmp_path):
@@ -42,10 +48,10 @@ def test_a_saved_pickscore_folder_scores_as_the_reference_formula(tmp_path):
     with torch.no_grad():
         model.logit_scale.fill_(np.log(100.0))  # the released model's scale, so a wrong factor shows
     model.save_pretrained(tmp_path / MODEL_DIR)
-    processor.save_pretrained(tmp_path / PROCESSOR_DIR)
+    write_processor_folder(processor, model.config, tmp_path / PROCESSOR_DIR)
     scorer = build_scorer("pickscore", {"pickscore": str(tmp_path)}, "cpu", "float32", batch_size=2)
     got = scorer.score(images(), PROMPTS)
-    want = reference_scores(tmp_path, images(), PROMPTS)
+    want = reference_scores(tmp_path, tmp_path, images(), PROMPTS)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert len(set(np.round(got, 4))) == 3 and max(abs(g) for g in got) <= 100.0
     assert any(k.startswith(f"{MODEL_DIR}/model.") for k in scorer.checkpoint_fingerprint())

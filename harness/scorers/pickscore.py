@@ -34,7 +34,7 @@ FILES = (f"{MODEL_DIR}/config.json", (f"{MODEL_DIR}/model.safetensors", f"{MODEL
          (f"{PROCESSOR_DIR}/preprocessor_config.json", f"{PROCESSOR_DIR}/processor_config.json"),
          (f"{PROCESSOR_DIR}/tokenizer.json", f"{PROCESSOR_DIR}/vocab.json"))
 MAX_LENGTH = 77
-PREPROCESSING = ("CLIPProcessor of CLIP-ViT-H-14-laion2B-s32B-b79K: resize shortest side 224 (bicubic), center crop "
+PREPROCESSING = ("CLIPProcessor of CLIP-ViT-H-14-laion2B-s32B-b79K: resize shortest side 224 (PIL bicubic), center crop "
                  "224, CLIP mean/std; text padded and truncated to 77 tokens")
 
 
@@ -50,10 +50,11 @@ def byte_level_clip_vocab() -> dict[str, int]:
 
 def tiny_pickscore(seed: int = 51):
     """(CLIPModel, CLIPProcessor): random, 2 layers, 16-d embeddings, 224 px, the byte-level tokenizer."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     tokenizer = CLIPTokenizer(vocab=byte_level_clip_vocab(), merges=[])
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer)
     torch.manual_seed(seed)
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = CLIPConfig(
@@ -74,14 +75,20 @@ class PickScoreScorer(Scorer):
     PARAMETERS = 986_000_000  # CLIP ViT-H/14
 
     def _build(self) -> None:
-        from transformers import AutoProcessor, CLIPModel
+        from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
         if self.weights.is_tiny:
             self.model, self.processor = tiny_pickscore()
         else:
             self.file(FILES[0])  # one error listing every missing file first
             root = Path(self.weights.path)
-            self.processor = AutoProcessor.from_pretrained(root / PROCESSOR_DIR, local_files_only=True)
+            # the two halves read explicitly (the Hub folder names no processor class); the image half with PIL's
+            # bicubic resize, as the reference code's transformers 4 did, where transformers 5's default class
+            # resizes with torchvision (up to 0.03 apart in normalised pixels)
+            self.processor = CLIPProcessor(
+                image_processor=CLIPImageProcessorPil.from_pretrained(root / PROCESSOR_DIR, local_files_only=True),
+                tokenizer=AutoTokenizer.from_pretrained(root / PROCESSOR_DIR, local_files_only=True))
             self.model = CLIPModel.from_pretrained(root / MODEL_DIR, local_files_only=True)
         self.model = self.model.eval().to(self.device, self.dtype)
 
