@@ -35,6 +35,8 @@ class Scorer(ABC):
     #: does the score depend on the prompt (alignment/preference) or on the image alone
     uses_prompt: ClassVar[bool] = True
     LIBRARIES: ClassVar[tuple[str, ...]] = ()
+    #: the dtype ``auto`` means on a GPU (float32 on the CPU)
+    GPU_DTYPE: ClassVar[torch.dtype] = torch.float16
     #: False for an analytic scorer built in code (the micro-world judge): config needs no ``weights:`` entry
     NEEDS_WEIGHTS: ClassVar[bool] = True
     #: parameters of the full-size scoring network (harness/resources.py sizes the job from it)
@@ -58,7 +60,7 @@ class Scorer(ABC):
     def __init__(self, weights: WeightsSpec, device: str = "auto", dtype: str = "auto", batch_size: int = 16):
         self.weights = weights
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device, torch.float16)
+        self.dtype = resolve_dtype(dtype, self.device, self.GPU_DTYPE)
         self.batch_size = batch_size
         self._built = False
 

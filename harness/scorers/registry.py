@@ -20,6 +20,7 @@ SCORERS: dict[str, str] = {
     "fid": "harness.scorers.fid:FIDScorer",
     "kid": "harness.scorers.fid:KIDScorer",
     "cmmd": "harness.scorers.cmmd:CMMDScorer",
+    "vqascore": "harness.scorers.vqascore:VQAScoreScorer",
     "micro_judge": "harness.scorers.micro_judge:MicroJudgeScorer",
     "micro_exact": "harness.scorers.micro_judge:MicroExactScorer",
     "micro_colour": "harness.scorers.micro_judge:MicroColourScorer",
