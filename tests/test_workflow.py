@@ -159,9 +159,9 @@ def test_smoke_dag_writes_every_report_and_a_rerun_does_nothing(tmp_path, data_d
         assert (reports / name).stat().st_size > 0, name
     for name in ("table3.md", "ablation_expansion.md", "regression.md", "table1_categories.md", "metrics_agreement.md"):
         assert (reports / name).read_text().splitlines()[0] == BANNERS["smoke"], name
-    # every pair of the six metrics on drawbench, over systems and over images
+    # every pair of the seven metrics on drawbench, over systems and over images
     agreement = (reports / "metrics_agreement.md").read_text()
-    assert agreement.count("| Aes | ") == 5 and "| HPS v2.1 | PickScore | " in agreement
+    assert agreement.count("| Aes | ") == 6 and "| PickScore | VQAScore | " in agreement
     # Table 3: one base pass for all five relay starts
     assert len(list((tmp_path / "results" / "drawbench").glob("cogview3-base*/images/*.png"))) == 2 * 2  # + its expanded twin
     table3 = (reports / "table3.md").read_text()
@@ -177,7 +177,8 @@ def test_smoke_dag_writes_every_report_and_a_rerun_does_nothing(tmp_path, data_d
     header = next(line for line in table if line.startswith("| Model"))
     # the paper's columns first, then the newer metrics of the smoke defaults (issue 18), each filled
     assert ("| Model | Steps | UNet calls | Time cost (paper) | DrawBench Aes ↑ | DrawBench HPS v2.0 ↑ | DrawBench ImageReward ↑ | "
-            "DrawBench CLIP score ↑ | DrawBench HPS v2.1 ↑ | DrawBench PickScore ↑ | PartiPrompts Aes ↑") in header
+            "DrawBench CLIP score ↑ | DrawBench HPS v2.1 ↑ | DrawBench PickScore ↑ | DrawBench VQAScore ↑ | "
+            "PartiPrompts Aes ↑") in header
     main_table = table[: table.index(next(line for line in table if line.startswith("## Paired")))]
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in main_table if line.startswith("| ")}
     assert set(rows) == {"Model", "sdxl", "stable-cascade", "lcm-sdxl", "cogview3", "cogview3-official",
@@ -196,7 +197,7 @@ def test_smoke_dag_writes_every_report_and_a_rerun_does_nothing(tmp_path, data_d
     row = rows["sdxl"]
     assert row[1] == "50" and "(19.67 s)" in row[3]
     assert "(N=2)" in row[4]  # DrawBench Aes filled from 2 prompts
-    assert all("(N=2)" in row[i] for i in range(5, 10)) and row[10] == "–"  # HPS, IR, CLIP, HPS 2.1, Pick; no Parti
+    assert all("(N=2)" in row[i] for i in range(5, 11)) and row[11] == "–"  # HPS, IR, CLIP, HPS 2.1, Pick, VQA; no Parti
     assert "- benchmark `parti` not in this config's benchmarks" in table
     paired = next(line for line in table if line.startswith("| DrawBench | HPS v2.0 ↑ |"))
     assert paired.count("(N=2)") == 6  # cogview3 minus each of the six other rows
