@@ -24,3 +24,15 @@ def run_reference(script: str, *args: str, cwd: Path) -> object:
                          env=env, cwd=cwd)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def reference_scores(script: str, folder: Path, tmp: Path, images, prompts) -> list[float]:
+    """Score ``images`` (saved as PNG under ``tmp``) against ``prompts`` with the reference script ``script``, which
+    reads the weights ``folder`` and a request file ``{"images": [paths], "prompts": [...]}``."""
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp / f"image{i}.png"))
+        image.save(paths[-1])
+    request = tmp / "request.json"
+    request.write_text(json.dumps({"images": paths, "prompts": list(prompts)}))
+    return run_reference(script, str(folder), str(request), cwd=tmp)

@@ -12,7 +12,7 @@ from PIL import Image
 from harness.errors import HarnessError
 from harness.scorers.pickscore import MODEL_DIR, PROCESSOR_DIR, tiny_pickscore
 from harness.scorers.registry import build_scorer
-from tests.reference_env import run_reference
+from tests.reference_env import reference_scores
 
 PROMPTS = ["a red cube on a table", "two cats", "an astronaut riding a horse, oil painting"]
 
@@ -32,17 +32,6 @@ def write_processor_folder(processor, config, folder):
     config.write_text(json.dumps(json.loads(config.read_text()) | {"image_processor_type": "CLIPImageProcessor"}))
 
 
-def reference_scores(folder, tmp, imgs, prompts):
-    """The PickScore README's computation on transformers 4.49 (tests/pickscore_reference.py, in the reference env)."""
-    paths = []
-    for i, im in enumerate(imgs):
-        paths.append(str(tmp / f"image{i}.png"))
-        im.save(paths[-1])
-    request = tmp / "request.json"
-    request.write_text(json.dumps({"images": paths, "prompts": list(prompts)}))
-    return run_reference("pickscore_reference.py", str(folder), str(request), cwd=tmp)
-
-
 def test_a_saved_pickscore_folder_scores_as_the_reference_formula(tmp_path):
     model, processor = tiny_pickscore(seed=3)
     with torch.no_grad():
@@ -51,7 +40,7 @@ def test_a_saved_pickscore_folder_scores_as_the_reference_formula(tmp_path):
     write_processor_folder(processor, model.config, tmp_path / PROCESSOR_DIR)
     scorer = build_scorer("pickscore", {"pickscore": str(tmp_path)}, "cpu", "float32", batch_size=2)
     got = scorer.score(images(), PROMPTS)
-    want = reference_scores(tmp_path, tmp_path, images(), PROMPTS)
+    want = reference_scores("pickscore_reference.py", tmp_path, tmp_path, images(), PROMPTS)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert len(set(np.round(got, 4))) == 3 and max(abs(g) for g in got) <= 100.0
     assert any(k.startswith(f"{MODEL_DIR}/model.") for k in scorer.checkpoint_fingerprint())

@@ -15,7 +15,7 @@ from harness.errors import HarnessError
 from harness.scorers.registry import build_scorer
 from harness.scorers.vqascore import (ANSWER, CONTEXT_LEN, VISION_DIR, VISION_PREFIX, chat_prompt,
                                       input_ids_with_image, pad_to_square, tiny_clip_flant5, tiny_tokenizer)
-from tests.reference_env import run_reference
+from tests.reference_env import reference_scores
 PROMPTS = ["a red cube on a table", "two cats", 'an astronaut riding a horse, "oil painting"']
 
 
@@ -63,22 +63,11 @@ def write_upstream_folders(folder: Path, vision_in_checkpoint: bool = True) -> P
     return folder
 
 
-def reference_scores(folder: Path, tmp: Path, imgs, prompts) -> list[float]:
-    """t2v_metrics' CLIPT5Model.forward on the same folders (tests/vqascore_reference.py, in the reference env)."""
-    paths = []
-    for i, im in enumerate(imgs):
-        paths.append(str(tmp / f"image{i}.png"))
-        im.save(paths[-1])
-    request = tmp / "request.json"
-    request.write_text(json.dumps({"images": paths, "prompts": list(prompts)}))
-    return run_reference("vqascore_reference.py", str(folder), str(request), cwd=tmp)
-
-
 def test_a_saved_clip_flant5_folder_scores_as_t2v_metrics_does(tmp_path):
     folder = write_upstream_folders(tmp_path / "weights")
     scorer = build_scorer("vqascore", {"vqascore": str(folder)}, "cpu", "float32", batch_size=2)
     got = scorer.score(images(), PROMPTS)
-    want = reference_scores(folder, tmp_path, images(), PROMPTS)
+    want = reference_scores("vqascore_reference.py", folder, tmp_path, images(), PROMPTS)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=0)
     assert np.diff(np.sort(np.log(got))).min() > 1e-4 and all(0.0 < g < 1.0 for g in got)  # 3 distinct scores
     assert "clip-flant5-xxl/model.safetensors" in scorer.checkpoint_fingerprint()

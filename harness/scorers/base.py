@@ -11,6 +11,7 @@ from PIL import Image
 
 from models.base import WeightsSpec, library_versions, resolve_device, resolve_dtype
 from models.layouts import WeightFiles, named_files
+from models.weights import file_sha256
 
 
 class Scorer(ABC):
@@ -96,9 +97,14 @@ class Scorer(ABC):
             out += self._score_batch(images[i : i + self.batch_size], prompts[i : i + self.batch_size])
         return out
 
-    @abstractmethod
     def checkpoint_fingerprint(self) -> dict[str, str]:
-        """sha256 of each checkpoint file used (or ``tiny``)."""
+        """sha256 of each checkpoint file used (or ``tiny``). By default every file :meth:`entry_files` names, keyed by
+        its path inside the weights folder; scorers older than this default key theirs by name and keep doing so,
+        so that stored fingerprints stay valid."""
+        if self.weights.is_tiny:
+            return {self.name: "tiny"}
+        found = self.entry_files(self.weights.key, self.weights.path).require()
+        return {str(p.relative_to(Path(self.weights.path))): file_sha256(p) for p in found.files}
 
     @abstractmethod
     def preprocessing(self) -> str:

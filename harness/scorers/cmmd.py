@@ -18,7 +18,6 @@ image embeddings of a system's images and of the benchmark's reference images, r
 
 from __future__ import annotations
 
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -96,21 +95,11 @@ class CMMDScorer(_SetScorer):
             self.mean, self.std = torch.tensor(processor.image_mean), torch.tensor(processor.image_std)
         self.extractor = self.extractor.eval().to(self.device, torch.float32)
 
-    @torch.inference_mode()
-    def features(self, images: Iterable[Image.Image]) -> torch.Tensor:
-        """L2-normalised CLIP image embeddings, ``batch_size`` images at a time."""
-        self.build()
-        out, batch = [], []
-        for image in images:
-            batch.append(cmmd_preprocess(image, self.size))
-            if len(batch) == self.batch_size:
-                out.append(self._embed(batch))
-                batch = []
-        if batch:
-            out.append(self._embed(batch))
-        return torch.cat(out)
+    # features(): _SetScorer's batching loop over these two, giving L2-normalised CLIP image embeddings
+    def _preprocess(self, image: Image.Image) -> np.ndarray:
+        return cmmd_preprocess(image, self.size)
 
-    def _embed(self, batch: list[np.ndarray]) -> torch.Tensor:
+    def _extract(self, batch: list[np.ndarray]) -> torch.Tensor:
         x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
         x = ((x - self.mean[:, None, None]) / self.std[:, None, None]).to(self.device)
         emb = self.extractor(pixel_values=x).image_embeds.float().cpu()

@@ -103,13 +103,17 @@ class _SetScorer(Scorer):
         self.build()
         out, batch = [], []
         for image in images:
-            batch.append(fid_preprocess(image))
+            batch.append(self._preprocess(image))
             if len(batch) == self.batch_size:
                 out.append(self._extract(batch))
                 batch = []
         if batch:
             out.append(self._extract(batch))
         return torch.cat(out)
+
+    def _preprocess(self, image: Image.Image):
+        """One image as the feature extractor takes it (a set metric's own preprocessing)."""
+        return fid_preprocess(image)
 
     def _extract(self, batch: list[torch.Tensor]) -> torch.Tensor:
         x = torch.stack(batch).to(self.device)

@@ -25,7 +25,6 @@ import torch
 from PIL import Image
 
 from harness.scorers.base import Scorer
-from models.weights import file_sha256
 
 MODEL_DIR = "PickScore_v1"
 PROCESSOR_DIR = "CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -102,12 +101,6 @@ class PickScoreScorer(Scorer):
         img = img / img.norm(dim=-1, keepdim=True)
         txt = txt / txt.norm(dim=-1, keepdim=True)
         return (self.model.logit_scale.exp().float() * (img * txt).sum(dim=-1)).tolist()
-
-    def checkpoint_fingerprint(self) -> dict[str, str]:
-        if self.weights.is_tiny:
-            return {"pickscore": "tiny"}
-        found = self.entry_files(self.weights.key, self.weights.path).require()
-        return {str(p.relative_to(Path(self.weights.path))): file_sha256(p) for p in found.files}
 
     def preprocessing(self) -> str:
         return PREPROCESSING

@@ -49,7 +49,6 @@ from torch import nn
 from harness.errors import HarnessError
 from harness.scorers.base import Scorer
 from models.layouts import WeightFiles, model_folder, named_files, tokenizer_folder
-from models.weights import file_sha256
 
 QUESTION = 'Does this figure show "{}"? Please answer yes or no.'
 ANSWER = "Yes"
@@ -375,12 +374,6 @@ class VQAScoreScorer(Scorer):
         pixels = self.processor(images=squares, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
         ids = [input_ids_with_image(chat_prompt(p), self.tokenizer)[:CONTEXT_LEN] for p in prompts]
         return self.model.answer_probability(pixels, ids, self.answer, self.decoder_start).tolist()
-
-    def checkpoint_fingerprint(self) -> dict[str, str]:
-        if self.weights.is_tiny:
-            return {"vqascore": "tiny"}
-        found = self.entry_files(self.weights.key, self.weights.path).require()
-        return {str(p.relative_to(Path(self.weights.path))): file_sha256(p) for p in found.files}
 
     def preprocessing(self) -> str:
         return PREPROCESSING
