@@ -7,6 +7,7 @@ import csv
 import json
 import time
 
+import pytest
 import yaml
 
 from tests.browser import chrome
@@ -37,6 +38,7 @@ def _wait_for(predicate, timeout=20.0):
     raise AssertionError("timed out waiting in the browser")
 
 
+@pytest.mark.slow  # 77 s of the default suite's budget on 2 cores; .ci/run runs it beside the gallery's
 def test_export_annotate_in_chromium_and_import(tmp_path):
     cfg_path = _config(tmp_path)
     rc, log = snakemake(tmp_path, "reports/humaneval/export", "--configfile", str(cfg_path))
