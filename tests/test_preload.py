@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -17,6 +18,7 @@ def harness(args, env, cwd=ROOT):
                           timeout=300)
 
 
+@pytest.mark.slow  # 26 s: .ci/run runs it (the default suite's budget is 10 minutes on 2 cores)
 def test_forked_jobs_give_the_same_images_exit_codes_and_output(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     env.pop("HARNESS_PRELOAD_SOCKET", None)

@@ -110,6 +110,7 @@ def decode(data_uri: str) -> bytes:
     return base64.b64decode(data_uri.split(";base64,", 1)[1])
 
 
+@pytest.mark.slow  # 33 s: .ci/run runs it with this file's other slow tests
 def test_report_contains_table1(tmp_path):
     """Run Table 1's DAG on a small config, then `snakemake --report`: Table 1 is embedded, with its
     caption, and every job left a log under results/logs/."""
