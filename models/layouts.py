@@ -69,10 +69,12 @@ def _weights_in(folder: Path, stem: str, variants=VARIANTS) -> tuple[list[Path],
     """The weight files of one model folder: single file or shards + index, first variant that exists."""
     for variant in variants:
         for ext in ("safetensors", "bin"):
-            single = folder / _add_variant(f"{stem}.{ext}", variant)
+            # transformers names its pickled weights pytorch_model*.bin, its safetensors model*.safetensors
+            name = "pytorch_model" if stem == "model" and ext == "bin" else stem
+            single = folder / _add_variant(f"{name}.{ext}", variant)
             if single.is_file():
                 return [single], variant
-            index = folder / _add_variant(f"{stem}.{ext}.index.json", variant)
+            index = folder / _add_variant(f"{name}.{ext}.index.json", variant)
             if index.is_file():
                 try:
                     shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))

@@ -139,3 +139,22 @@ def test_preflight_lists_every_missing_file_and_fails(tmp_path, data_dir):
     unset = run_cli("validate", "--config", str(path), env={"HARNESS_WEIGHTS": ""})
     assert unset.returncode == 2
     assert "$HARNESS_WEIGHTS is not set" in unset.stderr or "weights." in unset.stderr
+
+
+def test_a_transformers_folder_with_pickled_weights_is_found_by_their_name(tmp_path):
+    """transformers writes .bin weights as pytorch_model*.bin (one file, or shards and an index), not model.bin."""
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "config.json").write_text("{}")
+    (single / "pytorch_model.bin").write_bytes(b"x")
+    found = model_folder("k", single, "model", "single/")
+    assert found.ok and [f.name for f in found.files] == ["config.json", "pytorch_model.bin"]
+
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "config.json").write_text("{}")
+    (sharded / "pytorch_model.bin.index.json").write_text(
+        '{"weight_map": {"a": "pytorch_model-00001-of-00002.bin", "b": "pytorch_model-00002-of-00002.bin"}}')
+    (sharded / "pytorch_model-00001-of-00002.bin").write_bytes(b"x")
+    found = model_folder("k", sharded, "model", "sharded/")
+    assert not found.ok and "pytorch_model-00002-of-00002.bin" in " ".join(found.missing)

@@ -18,13 +18,12 @@ image embeddings of a system's images and of the benchmark's reference images, r
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from PIL import Image
 
+from harness.scorers.base import Scorer
 from harness.scorers.fid import _SetScorer
-from models.weights import file_sha256
 
 #: the CMMD paper's kernel bandwidth and reporting scale (reference: cmmd/distance.py, _SIGMA and _SCALE)
 SIGMA = 10.0
@@ -78,15 +77,17 @@ class CMMDScorer(_SetScorer):
     FILES = (CONFIG_FILE, PROCESSOR_FILE, WEIGHT_FILES)
     LIBRARIES = ("transformers",)
     PARAMETERS = 304_000_000  # CLIP ViT-L/14 vision tower and projection
+    # every FILES entry by name (Scorer's default), not the Inception file _SetScorer fingerprints for FID and KID
+    checkpoint_fingerprint = Scorer.checkpoint_fingerprint
 
     def _build(self) -> None:
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+        from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
         if self.weights.is_tiny:
             self.extractor = tiny_clip_vision()
             self.size = TINY_SIZE
-            self.mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])
-            self.std = torch.tensor([0.26862954, 0.26130258, 0.27577711])
+            self.mean, self.std = torch.tensor(OPENAI_CLIP_MEAN), torch.tensor(OPENAI_CLIP_STD)
         else:
             folder = self.file(CONFIG_FILE).parent
             processor = CLIPImageProcessor.from_pretrained(folder, local_files_only=True)
@@ -107,11 +108,6 @@ class CMMDScorer(_SetScorer):
 
     def compute(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
         return {"value": mmd(fake, real)}
-
-    def checkpoint_fingerprint(self) -> dict[str, str]:
-        if self.weights.is_tiny:
-            return {"clip-vit-l-14-336": "tiny"}
-        return {p.name: file_sha256(p) for p in (self.file(CONFIG_FILE), self.file(PROCESSOR_FILE), self.file(WEIGHT_FILES))}
 
     def preprocessing(self) -> str:
         return PREPROCESSING

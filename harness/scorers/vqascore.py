@@ -321,21 +321,23 @@ class VQAScoreScorer(Scorer):
     PARAMETERS = 11_300_000_000  # CLIP-FlanT5-XXL: FlanT5-XXL (11 B) + CLIP ViT-L/14 (0.3 B)
     GPU_DTYPE = torch.bfloat16  # the package's dtype; T5 overflows in float16
 
+    @staticmethod
+    def model_folders(root: Path) -> tuple[Path, Path]:
+        """(CLIP-FlanT5 folder, its tokenizer folder): the first of MODEL_DIRS present, else the XXL names."""
+        return next(((root / m, root / t) for m, t in MODEL_DIRS if (root / m).is_dir()),
+                    (root / MODEL_DIRS[0][0], root / MODEL_DIRS[0][1]))
+
     @classmethod
     def entry_files(cls, key: str, path: Path) -> WeightFiles:
         hint = "See README 'Weights' for the vqascore folders."
         root = Path(path)
-        model_dir, tokenizer_dir = next(((root / m, root / t) for m, t in MODEL_DIRS if (root / m).is_dir()),
-                                        (root / MODEL_DIRS[0][0], root / MODEL_DIRS[0][1]))
+        model_dir, tokenizer_dir = cls.model_folders(root)
         found = WeightFiles(key, root, hint=hint)
         if not root.is_dir():
             found.missing.append(f"{root} is not a folder, expected one holding {MODEL_DIRS[0][0]}/, "
                                  f"{MODEL_DIRS[0][1]}/ and {VISION_DIR}/")
             return found
-        model = model_folder(key, model_dir, "model", f"{model_dir.name}/", hint)
-        if not model.ok and model_folder(key, model_dir, "pytorch_model", "", hint).ok:
-            model = model_folder(key, model_dir, "pytorch_model", f"{model_dir.name}/", hint)
-        found.merge(model)
+        found.merge(model_folder(key, model_dir, "model", f"{model_dir.name}/", hint))
         found.merge(tokenizer_folder(key, tokenizer_dir, f"{tokenizer_dir.name}/", hint))
         found.merge(named_files(key, root / VISION_DIR, ("config.json", "preprocessor_config.json"), hint))
         vision = model_folder(key, root / VISION_DIR, "model", f"{VISION_DIR}/", hint)
@@ -359,8 +361,7 @@ class VQAScoreScorer(Scorer):
         else:
             found = self.entry_files(self.weights.key, self.weights.path).require()
             root = Path(self.weights.path)
-            model_dir = next(root / m for m, _ in MODEL_DIRS if (root / m).is_dir())
-            tokenizer_dir = root / dict(MODEL_DIRS)[model_dir.name]
+            model_dir, tokenizer_dir = self.model_folders(root)
             weights = [f for f in found.files if f.parent == model_dir and f.name != "config.json"]
             self.model = load_clip_flant5(model_dir, weights, root / VISION_DIR, self.device, self.dtype)
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
